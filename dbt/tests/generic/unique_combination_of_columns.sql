@@ -1,0 +1,16 @@
+{#
+  Fails with one row per combination of the given columns that occurs more than
+  once. GROUP BY puts nulls in one group, so two rows that are equal including
+  their nulls (say, two identical pageviews without a product) count as duplicates.
+#}
+{% test unique_combination_of_columns(model, combination_of_columns) %}
+{%- set columns_csv = combination_of_columns | join(', ') %}
+
+select
+    {{ columns_csv }},
+    count(*) as n_copies
+from {{ model }}
+group by {{ columns_csv }}
+having count(*) > 1
+
+{% endtest %}

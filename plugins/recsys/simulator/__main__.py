@@ -1,0 +1,5 @@
+"""`python -m recsys.simulator` runs the `recsys-sim` command line."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""MLflow: one run per DAG run, the model registry and its aliases.
+
+Experiment ``recsys-retrain``; every trained model is a version of
+``session-recsys`` with alias ``challenger``; ``champion`` moves only after a
+successful deploy. The champion's run tells the next night which data window
+is the drift reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.tracking import MlflowClient
+
+from recsys.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "recsys-retrain"
+REGISTERED_MODEL = "session-recsys"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    model_version: str
+    artifact_uri: str
+    dataset_uri: str
+    window_start: str
+    window_end: str
+    run_id: str
+
+
+def client(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return MlflowClient(settings.mlflow_tracking_uri)
+
+
+def _experiment_id(settings: Settings, mlflow_client: MlflowClient) -> str:
+    experiment = mlflow_client.get_experiment_by_name(EXPERIMENT)
+    if experiment:
+        return experiment.experiment_id
+    # A local store keeps its artifacts beside it; a server decides for itself.
+    location = None
+    if settings.mlflow_tracking_uri.startswith(("sqlite:", "file:", "/")):
+        location = (settings.home / "mlartifacts").as_uri()
+    try:
+        return mlflow_client.create_experiment(EXPERIMENT, artifact_location=location)
+    except MlflowException:  # created meanwhile by another task
+        return mlflow_client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
+    base = settings.mlflow_ui_url or settings.mlflow_tracking_uri
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def start_run(settings: Settings, *, dag_id: str, airflow_run_id: str, tags: dict[str, str]) -> dict:
+    """The MLflow run of this DAG run, created once (a retried task finds it again)."""
+    mlflow_client = client(settings)
+    experiment_id = _experiment_id(settings, mlflow_client)
+    found = mlflow_client.search_runs(
+        [experiment_id], filter_string=f"tags.`airflow.run_id` = '{airflow_run_id}'", max_results=1
+    )
+    if found:
+        run = found[0]
+        for key, value in tags.items():
+            mlflow_client.set_tag(run.info.run_id, key, value)
+    else:
+        airflow_link = f"{settings.airflow_ui_url}/dags/{dag_id}/runs/{airflow_run_id}"
+        run = mlflow_client.create_run(
+            experiment_id,
+            run_name=airflow_run_id,
+            tags={"airflow.dag_id": dag_id, "airflow.run_id": airflow_run_id, "airflow.url": airflow_link, **tags},
+        )
+    url = run_url(settings, experiment_id, run.info.run_id)
+    log.info("MLflow run: %s", url)
+    return {"run_id": run.info.run_id, "experiment_id": experiment_id, "url": url}
+
+
+def log_params(settings: Settings, run_id: str, params: dict) -> None:
+    mlflow_client = client(settings)
+    existing = mlflow_client.get_run(run_id).data.params
+    # MLflow params are immutable; a retry logs only what it has not logged yet.
+    for key, value in params.items():
+        if key not in existing:
+            mlflow_client.log_param(run_id, key, str(value))
+
+
+def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float]) -> None:
+    mlflow_client = client(settings)
+    for key, value in metrics.items():
+        if value is not None:
+            mlflow_client.log_metric(run_id, key, float(value))
+
+
+def set_tags(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
+    mlflow_client = client(settings)
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value))
+
+
+def log_artifacts(settings: Settings, run_id: str, local_dir: Path, artifact_path: str) -> None:
+    client(settings).log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
+    client(settings).set_terminated(run_id, status)
+
+
+def _registered_model(mlflow_client: MlflowClient) -> None:
+    try:
+        mlflow_client.get_registered_model(REGISTERED_MODEL)
+    except (MlflowException, RestException):
+        try:
+            mlflow_client.create_registered_model(
+                REGISTERED_MODEL, description="Next-item recommender over shopping sessions (recsys_retrain)."
+            )
+        except MlflowException:  # created meanwhile
+            pass
+
+
+def register_challenger(settings: Settings, *, run_id: str, artifact_uri: str, tags: dict[str, str]) -> str:
+    """Register the trained model (once per model_version) and alias it ``challenger``."""
+    mlflow_client = client(settings)
+    _registered_model(mlflow_client)
+    model_version = tags["model_version"]
+    existing = mlflow_client.search_model_versions(
+        f"name = '{REGISTERED_MODEL}' and tags.model_version = '{model_version}'"
+    )
+    if existing:
+        version = existing[0]
+    else:
+        version = mlflow_client.create_model_version(
+            REGISTERED_MODEL, source=artifact_uri, run_id=run_id, tags=tags
+        )
+    mlflow_client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, version.version)
+    log.info("registered %s version %s as %s", REGISTERED_MODEL, version.version, CHALLENGER)
+    return str(version.version)
+
+
+def _version_by_alias(mlflow_client: MlflowClient, alias: str) -> ModelVersion | None:
+    try:
+        return mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+    except (MlflowException, RestException):
+        return None
+
+
+def current_champion(settings: Settings) -> Champion | None:
+    version = _version_by_alias(client(settings), CHAMPION)
+    if version is None:
+        return None
+    tags = version.tags
+    return Champion(
+        version=str(version.version),
+        model_version=tags.get("model_version", ""),
+        artifact_uri=version.source,
+        dataset_uri=tags.get("dataset_uri", ""),
+        window_start=tags.get("window_start", ""),
+        window_end=tags.get("window_end", ""),
+        run_id=version.run_id or "",
+    )
+
+
+def promote_champion(settings: Settings, version: str) -> None:
+    client(settings).set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    log.info("%s version %s is now %s", REGISTERED_MODEL, version, CHAMPION)

@@ -1,0 +1,83 @@
+"""Run the training image's ``train`` entry as a local process.
+
+The job gets SageMaker's /opt/ml layout rooted in a scratch folder
+(RECSYS_ML_ROOT), its channels copied from the object store, and its model and
+outputs copied back to the store, as SageMaker would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from recsys.settings import Settings
+from recsys.storage import download, path_from_uri, upload
+from recsys.training.job import (
+    CHANNELS,
+    TrainingFailed,
+    TrainingJob,
+    TrainingResult,
+    make_tarball,
+    read_output,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LocalTraining:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def train(self, job: TrainingJob) -> TrainingResult:
+        root = self.settings.home / "training" / job.name
+        if root.exists():  # a retry starts from a clean layout
+            shutil.rmtree(root)
+        self._prepare(job, root)
+        self._run(job, root)
+        return self._collect(job, root)
+
+    def _prepare(self, job: TrainingJob, root: Path) -> None:
+        config = root / "input" / "config"
+        config.mkdir(parents=True)
+        (config / "hyperparameters.json").write_text(json.dumps(job.hyperparameters, indent=2))
+        data = root / "input" / "data"
+        for channel in CHANNELS:
+            source = path_from_uri(self.settings, f"{job.dataset_uri}/{channel}/sessions.parquet")
+            download(source, data / channel / "sessions.parquet")
+        if job.champion_artifact_uri:
+            download(path_from_uri(self.settings, job.champion_artifact_uri), data / "champion" / "model.tar.gz")
+        (root / "model").mkdir()
+        (root / "output").mkdir()
+
+    def _run(self, job: TrainingJob, root: Path) -> None:
+        command = shlex.split(self.settings.train_command)
+        if not Path(command[0]).exists() and shutil.which(command[0]) is None:
+            raise TrainingFailed(
+                f"training command {command[0]!r} not found: set RECSYS_TRAIN_COMMAND or run `make venvs`"
+            )
+        log.info("training job %s: %s (RECSYS_ML_ROOT=%s)", job.name, " ".join(command), root)
+        env = {**os.environ, "RECSYS_ML_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+        with subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
+            for line in proc.stdout:  # stream the job's progress into the task log
+                log.info("[%s] %s", job.name, line.rstrip())
+        if proc.returncode != 0:
+            failure = root / "output" / "failure"
+            reason = failure.read_text().strip() if failure.exists() else "no failure reason written"
+            raise TrainingFailed(f"training job {job.name} failed (exit {proc.returncode}): {reason}")
+
+    def _collect(self, job: TrainingJob, root: Path) -> TrainingResult:
+        archive = make_tarball(root / "model", root / "model.tar.gz")
+        model_uri = f"{job.output_uri}/{job.name}/output/model.tar.gz"
+        upload(archive, path_from_uri(self.settings, model_uri))
+        output_dir = root / "output" / "data"
+        for item in output_dir.iterdir():
+            upload(item, path_from_uri(self.settings, f"{job.output_uri}/{job.name}/output/data/{item.name}"))
+        log.info("model artifact: %s", model_uri)
+        return TrainingResult(job.name, model_uri, output_dir, read_output(output_dir))

@@ -1,0 +1,155 @@
+"""Channel reading, vocabulary, training sequences and the evaluation protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from image_synthetic import make_sessions, write_channel
+from recsys_model.contract import Hyperparameters, TrainingError
+from recsys_model.data import OOV, PAD, Vocabulary, build_vocabulary, item_counts, read_channel, training_sequences
+
+
+def _write(directory: Path, table: pa.Table, name: str = "part.parquet") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, directory / name)
+
+
+def _rows(*sessions: list[str]) -> list[dict]:
+    return [
+        {"session_id": f"s{i}", "session_date": "2025-03-01", "items": items}
+        for i, items in enumerate(sessions)
+    ]
+
+
+def test_reads_all_parquet_files_and_drops_unusable_sessions(tmp_path: Path):
+    write_channel(tmp_path / "train", _rows(["a", "b"], ["c"], ["a", "b", "c"], [], ["d", "e"]), files=2)
+    sessions = read_channel(tmp_path / "train", "train")
+    assert sorted(sessions.session_ids) == ["s0", "s2", "s4"]
+    assert sessions.n_interactions == 7
+    assert sessions.n_examples == 4
+    by_id = {
+        sid: sessions.skus[sessions.offsets[i] : sessions.offsets[i + 1]].to_pylist()
+        for i, sid in enumerate(sessions.session_ids)
+    }
+    assert by_id == {"s0": ["a", "b"], "s2": ["a", "b", "c"], "s4": ["d", "e"]}
+
+
+def test_sessions_with_null_skus_are_dropped(tmp_path: Path):
+    write_channel(tmp_path / "c", _rows(["a", None, "b"], ["a", "b"]))
+    assert read_channel(tmp_path / "c", "c").session_ids == ["s1"]
+
+
+def test_large_string_types_are_accepted(tmp_path: Path):
+    table = pa.table(
+        {
+            "session_id": pa.array(["s0"], pa.large_string()),
+            "session_date": pa.array(["2025-03-01"], pa.large_string()),
+            "items": pa.array([["a", "b"]], pa.large_list(pa.large_string())),
+        }
+    )
+    _write(tmp_path / "c", table)
+    assert read_channel(tmp_path / "c", "c").skus.to_pylist() == ["a", "b"]
+
+
+def test_missing_and_empty_channels_fail_by_name(tmp_path: Path):
+    with pytest.raises(TrainingError, match="Channel 'validation' is missing"):
+        read_channel(tmp_path / "validation", "validation")
+    (tmp_path / "test").mkdir()
+    with pytest.raises(TrainingError, match="Channel 'test' is empty"):
+        read_channel(tmp_path / "test", "test")
+    write_channel(tmp_path / "short", _rows(["a"], ["b"]))
+    with pytest.raises(TrainingError, match="no usable sessions"):
+        read_channel(tmp_path / "short", "short")
+
+
+def test_schema_mismatch_names_the_column(tmp_path: Path):
+    wrong_type = pa.table({"session_id": ["s0"], "session_date": ["2025-03-01"], "items": ["a,b"]})
+    _write(tmp_path / "typed", wrong_type)
+    with pytest.raises(TrainingError, match=r"column items .* has type string, expected list<string>"):
+        read_channel(tmp_path / "typed", "train")
+    missing = pa.table({"session_id": ["s0"], "items": [["a", "b"]]})
+    _write(tmp_path / "missing", missing)
+    with pytest.raises(TrainingError, match="lacks column\\(s\\) session_date"):
+        read_channel(tmp_path / "missing", "train")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "x.parquet").write_bytes(b"not parquet")
+    with pytest.raises(TrainingError, match="not a readable parquet file"):
+        read_channel(tmp_path / "garbage", "train")
+
+
+def test_vocabulary_is_ordered_by_count_and_respects_min_count(tmp_path: Path):
+    write_channel(tmp_path / "t", _rows(["b", "a", "b"], ["c", "b", "a"], ["d", "b"]))
+    counts = item_counts(read_channel(tmp_path / "t", "t"))
+    assert counts == [("b", 4), ("a", 2), ("c", 1), ("d", 1)]
+    vocab = build_vocabulary(counts, min_item_count=2)
+    assert vocab.items == ["b", "a"] and vocab.size == 4
+    assert vocab.encode(pa.array(["a", "zzz", "b"])).tolist() == [3, OOV, 2]
+    assert Vocabulary.from_json(vocab.to_json()).index == vocab.index
+    with pytest.raises(TrainingError, match="min_item_count=5"):
+        build_vocabulary(counts, min_item_count=5)
+
+
+def test_long_sessions_become_windows_and_unknown_targets_are_ignored():
+    ids = np.array([2, 3, 4, 5, 6, 7, 8, 9, 2, OOV, 5], dtype=np.int32)
+    offsets = np.array([0, 8, 11])
+    x, y = training_sequences(ids, offsets, max_len=3)
+    # session 1 (8 items): windows [2,3,4,5], [5,6,7,8], [8,9]; session 2: [2,OOV,5]
+    assert x.tolist() == [[2, 3, 4], [5, 6, 7], [8, PAD, PAD], [2, OOV, PAD]]
+    assert y.tolist() == [[3, 4, 5], [6, 7, 8], [9, PAD, PAD], [PAD, 5, PAD]]
+
+
+def test_model_ranks_match_reading_each_truncated_prefix_alone(tmp_path: Path, monkeypatch):
+    """The batched evaluation equals scoring every prefix on its own, as the server does."""
+    import keras
+
+    from recsys_model import evaluate
+    from recsys_model.evaluate import model_ranks, target_indices
+    from recsys_model.model import Scorer, build_model
+
+    monkeypatch.setattr(evaluate, "_MAX_ROWS", 7)  # many small scoring calls
+
+    write_channel(tmp_path / "t", make_sessions(25, seed=3, prefix="t"))
+    sessions = read_channel(tmp_path / "t", "t")
+    counts = item_counts(sessions)
+    vocab = build_vocabulary(counts[:-5], 1)  # a few SKUs left out: unknown targets must miss
+    hp = Hyperparameters(model_version="v", embedding_dim=8, hidden_units=8, max_len=3)
+    keras.utils.set_random_seed(1)
+    network = build_model(vocab.size, hp)
+    ranks = model_ranks(Scorer(network), vocab, hp.max_len, sessions)
+
+    ids = vocab.encode(sessions.skus)
+    expected = []
+    for s in range(len(sessions)):
+        session = ids[sessions.offsets[s] : sessions.offsets[s + 1]]
+        for i in range(1, len(session)):
+            prefix = session[max(0, i - hp.max_len) : i]
+            logits = np.array(network(prefix[None, :]))[0, -1]
+            logits[:2] = -np.inf
+            target = session[i]
+            if target == OOV:
+                expected.append((0, 0))
+            else:
+                # batch shapes may change the last float bit: allow near-ties either way
+                best, worst = (logits > logits[target] + 1e-5).sum(), (logits > logits[target] - 1e-5).sum()
+                expected.append((int(best) + 1, int(worst) + 1))
+    assert len(ranks) == sessions.n_examples == len(target_indices(sessions)) == len(expected)
+    for rank, (low, high) in zip(ranks.tolist(), expected):
+        assert low <= rank <= high
+    assert (ranks == 0).any() and (ranks > 0).any()
+    assert any(length > hp.max_len + 1 for length in sessions.lengths)
+
+
+def test_metrics_and_popularity_ranks(tmp_path: Path):
+    from recsys_model.evaluate import metrics, popularity_ranks, top_k_or_null
+
+    write_channel(tmp_path / "t", _rows(["x", "a", "b"], ["y", "c"]))
+    sessions = read_channel(tmp_path / "t", "t")
+    ranks = popularity_ranks(["b", "a", "z"], sessions, k=2)
+    assert ranks.tolist() == [2, 1, 0]  # targets a, b, c
+    assert metrics(ranks, 2, "test_") == {"test_hr_at_2": pytest.approx(2 / 3), "test_mrr_at_2": pytest.approx(0.5)}
+    assert top_k_or_null(np.array([1, 5, 0]), 3).to_pylist() == [1, None, None]

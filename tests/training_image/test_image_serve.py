@@ -1,0 +1,214 @@
+"""`serve`: ping, invocations, request validation, cold start and live model swaps."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys_model.bundle import pack
+from recsys_model.serve import create_app
+
+POLL = 0.1
+
+
+def _extract(model_dir: Path, artifacts: Path, name: str) -> Path:
+    """Ship a model the way deployment does: model.tar.gz, extracted into a new folder."""
+    artifact = pack(model_dir, artifacts / f"{name}.tar.gz")
+    target = artifacts / name
+    with tarfile.open(artifact) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def _point(link: Path, target: Path) -> None:
+    """Re-point a symlink atomically, as the local deploy backend does."""
+    tmp = link.with_name(link.name + ".new")
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def _wait_for_version(client: TestClient, version: str | None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/ping").json()["model_version"] == version:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"server did not report model_version {version!r} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def models(first_run, second_run, tmp_path_factory) -> dict[str, Path]:
+    second_root, completed = second_run
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    return {
+        "v1": _extract(first_run / "model", artifacts, "v1"),
+        "v2": _extract(second_root / "model", artifacts, "v2"),
+    }
+
+
+@pytest.fixture(scope="module")
+def client(models):
+    with TestClient(create_app(models["v1"], poll_interval=POLL)) as client:
+        yield client
+
+
+def _recommend(client: TestClient, sessions, **extra) -> list:
+    response = client.post("/invocations", json={"sessions": sessions, **extra})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["recommendations"]) == len(sessions)
+    return body["recommendations"]
+
+
+def test_ping_reports_the_model_version(client):
+    response = client.get("/ping")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "model_version": "v1"}
+
+
+def test_invocations_return_k_scored_items_per_session(client):
+    response = client.post("/invocations", json={"sessions": [["sku-010"], ["sku-005", "sku-038"]], "k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_version"] == "v1"
+    for recommendations in body["recommendations"]:
+        assert len(recommendations) == 5
+        assert all(isinstance(r["sku"], str) and isinstance(r["score"], float) for r in recommendations)
+        scores = [r["score"] for r in recommendations]
+        assert scores == sorted(scores, reverse=True)
+        assert 0 < sum(scores) <= 1.0 + 1e-6
+    # the synthetic chain: sku-010 is followed by sku-073, sku-038 by sku-069
+    assert body["recommendations"][0][0]["sku"] == "sku-073"
+    assert body["recommendations"][1][0]["sku"] == "sku-069"
+
+
+def test_k_defaults_to_20_and_scores_are_a_distribution(client):
+    assert len(_recommend(client, [["sku-001"]])[0]) == 20
+    everything = _recommend(client, [["sku-001"]], k=100)[0]
+    assert len({r["sku"] for r in everything}) == 100
+    assert sum(r["score"] for r in everything) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unknown_skus_are_ignored(client):
+    with_noise, clean = _recommend(client, [["nope", "sku-010", "zzz"], ["sku-010"]], k=10)
+    assert [r["sku"] for r in with_noise] == [r["sku"] for r in clean]
+    assert [r["score"] for r in with_noise] == pytest.approx([r["score"] for r in clean], rel=1e-5)
+
+
+def test_cold_sessions_get_the_most_popular_items(client, models):
+    popular = json.loads((models["v1"] / "popularity.json").read_text())["items"][:7]
+    expected = [{"sku": p["sku"], "score": pytest.approx(p["share"])} for p in popular]
+    empty, unknown = _recommend(client, [[], ["nope", "also-unknown"]], k=7)
+    assert empty == expected and unknown == expected
+
+
+def test_only_the_most_recent_max_len_items_are_read(client):
+    long_session = [f"sku-{i:03d}" for i in range(30, 50)]
+    full, tail = _recommend(client, [long_session, long_session[-6:]], k=10)  # max_len=6
+    assert [r["sku"] for r in full] == [r["sku"] for r in tail]
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (b'{"k": 5}', "missing field: sessions"),
+        (b'{"sessions": "sku-001"}', "sessions must be a list"),
+        (b'{"sessions": ["sku-001"]}', "sessions[0] must be a list"),
+        (b'{"sessions": [["sku-001", 7]]}', "sessions[0][1] must be a SKU string"),
+        (b'{"sessions": [["sku-001"]], "k": 0}', "k must be between 1 and 100"),
+        (b'{"sessions": [["sku-001"]], "k": 101}', "k must be between 1 and 100"),
+        (b'{"sessions": [["sku-001"]], "k": "5"}', "k must be an integer"),
+        (b'{"sessions": [["sku-001"]], "k": true}', "k must be an integer"),
+        (b'{"sessions": [["sku-001"]], "top": 5}', "unknown field(s): top"),
+        (json.dumps({"sessions": [["sku-001"]] * 1001}).encode(), "too many sessions: 1001 > 1000"),
+    ],
+)
+def test_malformed_requests_are_rejected_with_a_reason(client, body, named):
+    response = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert named in response.json()["error"]
+
+
+def test_a_full_request_of_1000_sessions_is_served(client):
+    recommendations = _recommend(client, [["sku-001", "sku-010"]] * 999 + [[]], k=100)
+    assert all(len(r) == 100 for r in recommendations)
+
+
+def test_starts_without_a_model_and_picks_up_the_first_one(tmp_path: Path, models):
+    link = tmp_path / "endpoint" / "current"
+    link.parent.mkdir()
+    with TestClient(create_app(link, poll_interval=POLL)) as client:
+        assert client.get("/ping").status_code == 200
+        assert client.get("/ping").json() == {"status": "no model", "model_version": None}
+        response = client.post("/invocations", json={"sessions": [["sku-001"]]})
+        assert response.status_code == 503
+        assert "no model" in response.json()["error"]
+
+        _point(link, models["v1"])
+        _wait_for_version(client, "v1")
+        assert client.get("/ping").json()["status"] == "ok"
+        assert len(_recommend(client, [["sku-001"]], k=3)[0]) == 3
+
+
+def test_hot_swap_under_load(tmp_path: Path, models, capsys):
+    link = tmp_path / "endpoint" / "current"
+    link.parent.mkdir()
+    _point(link, models["v1"])
+    with TestClient(create_app(link, poll_interval=POLL)) as client:
+        assert client.get("/ping").json()["model_version"] == "v1"
+        results: list[tuple[int, str | None]] = []
+        stop = threading.Event()
+
+        def hammer():
+            deadline = time.monotonic() + 60  # bounded even if the test fails early
+            while not stop.is_set() and time.monotonic() < deadline:
+                response = client.post("/invocations", json={"sessions": [["sku-010"], []], "k": 5})
+                results.append((response.status_code, response.json().get("model_version")))
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            while len(results) < 20:
+                time.sleep(0.01)
+            _point(link, models["v2"])
+            _wait_for_version(client, "v2")
+            announced = len(results)
+            while len(results) < announced + 20:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            worker.join()
+
+        assert all(status == 200 for status, _ in results)
+        versions = [version for _, version in results]
+        first_new = versions.index("v2")
+        # requests switch once, cleanly: only v1 before, only v2 after
+        assert set(versions[:first_new]) == {"v1"} and set(versions[first_new:]) == {"v2"}
+        assert first_new <= announced + 1
+        assert client.post("/invocations", json={"sessions": [[]]}).json()["model_version"] == "v2"
+    assert "model swap: v1 -> v2" in capsys.readouterr().out
+
+
+def test_a_broken_new_model_keeps_the_old_one_serving(tmp_path: Path, models):
+    link = tmp_path / "current"
+    _point(link, models["v1"])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "metadata.json").write_text(json.dumps({"model_version": "bad"}))
+    with TestClient(create_app(link, poll_interval=POLL)) as client:
+        _point(link, broken)
+        time.sleep(5 * POLL)
+        assert client.get("/ping").json()["model_version"] == "v1"
+        assert _recommend(client, [["sku-010"]], k=1)[0][0]["sku"] == "sku-073"
+        _point(link, models["v2"])
+        _wait_for_version(client, "v2")

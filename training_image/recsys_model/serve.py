@@ -1,0 +1,256 @@
+"""`serve`: the HTTP inference server (SageMaker's /ping and /invocations).
+
+The model directory is watched in the background: when it starts to resolve to
+a different folder (the deploy step re-points a symlink) or its files change,
+the new model is loaded and warmed up completely before it replaces the old one,
+so requests never wait for or fail on a swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from .bundle import METADATA_FILE, MODEL_FILE, POPULARITY_FILE, VOCAB_FILE, ModelBundle, load_model_dir
+from .contract import Paths, configure_logging
+from .data import pad_right
+
+log = logging.getLogger("recsys_model.serve")
+
+DEFAULT_K = 20
+MAX_K = 100
+MAX_SESSIONS = 1000
+
+
+class RequestError(ValueError):
+    """A malformed request; the message goes back to the client."""
+
+
+def parse_request(body: bytes) -> tuple[list[list[str]], int]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise RequestError('request body must be a JSON object like {"sessions": [["sku", ...]], "k": 20}')
+    unknown = sorted(set(payload) - {"sessions", "k"})
+    if unknown:
+        raise RequestError(f"unknown field(s): {', '.join(unknown)}; accepted: sessions, k")
+    if "sessions" not in payload:
+        raise RequestError("missing field: sessions (a list of sessions, each a list of SKU strings)")
+    sessions = payload["sessions"]
+    if not isinstance(sessions, list):
+        raise RequestError(f"sessions must be a list of lists of SKU strings, got {type(sessions).__name__}")
+    if len(sessions) > MAX_SESSIONS:
+        raise RequestError(f"too many sessions: {len(sessions)} > {MAX_SESSIONS} per request")
+    for i, session in enumerate(sessions):
+        if not isinstance(session, list):
+            raise RequestError(f"sessions[{i}] must be a list of SKU strings, got {type(session).__name__}")
+        for j, sku in enumerate(session):
+            if not isinstance(sku, str):
+                raise RequestError(f"sessions[{i}][{j}] must be a SKU string, got {type(sku).__name__}")
+    k = payload.get("k", DEFAULT_K)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise RequestError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+    if not 1 <= k <= MAX_K:
+        raise RequestError(f"k must be between 1 and {MAX_K}, got {k}")
+    return sessions, k
+
+
+class ServingModel:
+    """A loaded model plus what the hot path needs precomputed."""
+
+    def __init__(self, bundle: ModelBundle):
+        self.bundle = bundle
+        self.model_version = bundle.model_version
+        self.max_len = bundle.max_len
+        self._index = bundle.vocab.index
+        self._skus = np.array([""] * 2 + bundle.vocab.items, dtype=object)
+        popularity = bundle.popularity
+        self._popular = [
+            {"sku": sku, "score": popularity.share(count)} for sku, count in popularity.items[:MAX_K]
+        ]
+
+    def warm_up(self) -> None:
+        """Trace the scoring graph now rather than on the first request."""
+        if self._index:
+            self.recommend([[next(iter(self._index))], []], 1)
+
+    def recommend(self, sessions: list[list[str]], k: int) -> list[list[dict[str, Any]]]:
+        known = []
+        for session in sessions:
+            ids = [self._index[sku] for sku in session if sku in self._index]
+            known.append(ids[-self.max_len :])
+        results: list[list[dict[str, Any]]] = [self._popular[:k] for _ in sessions]
+        warm = [i for i, ids in enumerate(known) if ids]
+        if warm:
+            # One model call for every session of the request that has a known SKU.
+            items, lengths = pad_right([np.asarray(known[i], dtype=np.int32) for i in warm])
+            scores, indices = self.bundle.scorer.top_k(items, lengths, np.int32(k))
+            skus = self._skus[indices.numpy()]
+            scores = scores.numpy().tolist()
+            for row, i in enumerate(warm):
+                results[i] = [
+                    {"sku": sku, "score": score} for sku, score in zip(skus[row].tolist(), scores[row])
+                ]
+        return results
+
+
+class ModelWatcher:
+    """Holds the current model and replaces it when the model directory changes."""
+
+    def __init__(self, model_dir: Path, poll_interval: float = 0.5):
+        self.model_dir = Path(model_dir)
+        self.poll_interval = poll_interval
+        self.current: ServingModel | None = None
+        self._seen: tuple | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _fingerprint(self) -> tuple | None:
+        """Where the model directory points and the state of its files; None without a model."""
+        resolved = os.path.realpath(self.model_dir)
+        state = [resolved]
+        for name in (METADATA_FILE, MODEL_FILE, VOCAB_FILE, POPULARITY_FILE):
+            try:
+                st = os.stat(os.path.join(resolved, name))
+            except OSError:
+                if name == METADATA_FILE:
+                    return None
+                st = None
+            state.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else None)
+        return tuple(state)
+
+    def check(self) -> None:
+        """Load the model if the directory changed; keep serving the old one if loading fails."""
+        fingerprint = self._fingerprint()
+        if fingerprint == self._seen:
+            return
+        self._seen = fingerprint
+        if fingerprint is None:
+            if self.current is not None:
+                log.warning("%s no longer holds a model; still serving %s", self.model_dir, self.current.model_version)
+            else:
+                log.info("no model yet in %s", self.model_dir)
+            return
+        path = Path(fingerprint[0])
+        try:
+            candidate = ServingModel(load_model_dir(path))
+            candidate.warm_up()
+        except Exception:
+            log.exception("could not load the model in %s; keeping the current one", path)
+            return
+        old = self.current
+        self.current = candidate  # a single reference assignment: requests see old or new, never a mix
+        if old is None:
+            log.info("model loaded: %s (%s)", candidate.model_version, path)
+        else:
+            log.info("model swap: %s -> %s (%s)", old.model_version, candidate.model_version, path)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.check()
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("model watcher check failed")
+
+
+def create_app(model_dir: Path | str, poll_interval: float = 0.5) -> FastAPI:
+    watcher = ModelWatcher(Path(model_dir), poll_interval)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Load synchronously first: SageMaker routes traffic as soon as /ping answers.
+        await run_in_threadpool(watcher.check)
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+
+    app = FastAPI(title="recsys-model", lifespan=lifespan)
+    app.state.watcher = watcher
+
+    @app.get("/ping")
+    def ping() -> dict[str, Any]:
+        model = watcher.current
+        if model is None:
+            return {"status": "no model", "model_version": None}
+        return {"status": "ok", "model_version": model.model_version}
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> JSONResponse:
+        model = watcher.current  # this request uses this model from start to end
+        if model is None:
+            return JSONResponse(
+                {"error": f"no model loaded yet: {watcher.model_dir} holds no model"}, status_code=503
+            )
+        try:
+            sessions, k = parse_request(await request.body())
+        except RequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        recommendations = await run_in_threadpool(model.recommend, sessions, k)
+        return JSONResponse({"recommendations": recommendations, "model_version": model.model_version})
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="serve",
+        description=(
+            "Serve next-item recommendations over HTTP. GET /ping answers 200 "
+            '(status "ok" with the model_version, or "no model" before the first model). '
+            'POST /invocations takes {"sessions": [["sku", ...], ...], "k": 20} and returns '
+            '{"recommendations": [[{"sku", "score"}, ...], ...], "model_version"}. '
+            "The model directory is watched; re-pointing it (e.g. a symlink) swaps the model live."
+        ),
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="interface to listen on (default: 0.0.0.0)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", 8080)),
+        help="port (default: $SAGEMAKER_BIND_TO_PORT or 8080)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="model directory, typically a symlink the deploy step re-points "
+        "(default: ROOT/model, ROOT being $RECSYS_ML_ROOT or /opt/ml)",
+    )
+    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between model directory checks")
+    args = parser.parse_args(argv)
+    configure_logging()
+
+    import uvicorn
+
+    model_dir = args.model_dir or Paths.from_env().model_dir
+    log.info("serving %s on %s:%d", model_dir, args.host, args.port)
+    uvicorn.run(create_app(model_dir, args.poll_interval), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
