@@ -35,6 +35,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
     }
@@ -143,12 +144,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_succeeded(env: dict[str, str], day: dt.date) -> bool:
     out = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "list-runs", DAG_ID, "-o", "json"],
-        env=env, capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "airflow", "dags", "state", DAG_ID, day.isoformat()],
+        env=env, capture_output=True, text=True,
     ).stdout
-    runs = json.loads(out[out.index("["):]) if "[" in out else []
-    mine = [r for r in runs if str(r.get("logical_date", "")).startswith(day.isoformat())]
-    return bool(mine) and mine[0].get("state") == "success"
+    return out.strip().splitlines()[-1:] == ["success"]
 
 
 if __name__ == "__main__":

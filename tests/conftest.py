@@ -1,0 +1,49 @@
+"""Shared test set-up: an isolated RECSYS_HOME and Airflow home per session.
+
+Airflow reads its configuration when first imported, so the environment is set
+here, before any test module imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="recsys-tests-"))
+
+os.environ.update(
+    {
+        "RECSYS_HOME": str(_SESSION_HOME / "recsys"),
+        "RECSYS_SIM_PRESET": "tiny",
+        "RECSYS_WINDOW_DAYS": "4",
+        "RECSYS_HP_EPOCHS": "3",
+        "AIRFLOW_HOME": str(_SESSION_HOME / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_HOME / 'airflow' / 'airflow.db'}",
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+    }
+)
+for name in ("MLFLOW_TRACKING_URI", "RECSYS_SIM_SCENARIO", "RECSYS_STORE_URL", "RECSYS_LANDING_URL"):
+    os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated Airflow metadata database (SQLite) for tests that run the DAG."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture
+def recsys_home(tmp_path, monkeypatch) -> Path:
+    """A fresh RECSYS_HOME for one test."""
+    home = tmp_path / "recsys"
+    monkeypatch.setenv("RECSYS_HOME", str(home))
+    return home

@@ -1,0 +1,65 @@
+"""Export: the last day is the holdout, the day before validation, the rest train."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+
+from recsys.export import ExportError, export_dataset, sessions_from_events, split_of
+from recsys.settings import Settings
+from recsys.storage import read_json, read_parquet, store_path
+
+END = dt.date(2026, 3, 5)
+
+
+def test_split_by_session_date():
+    dates = pd.Series([dt.date(2026, 3, d) for d in (1, 3, 4, 5, 5)])
+    assert list(split_of(dates, END)) == ["train", "train", "validation", "test", "test"]
+
+
+def test_sessions_keep_item_order_by_position():
+    events = pd.DataFrame(
+        {"session_id": ["b", "a", "a", "b", "a"], "session_date": [END] * 5,
+         "position": [2, 3, 1, 1, 2], "sku": ["b2", "a3", "a1", "b1", "a2"]}
+    )
+    sessions = sessions_from_events(events)
+    assert sessions["items"].tolist() == [["a1", "a2", "a3"], ["b1", "b2"]]
+
+
+class FakeWarehouse:
+    def __init__(self, frame):
+        self.frame = frame
+
+    def query(self, sql):
+        assert "training_events" in sql and "2026-03-01" in sql and "2026-03-05" in sql
+        return self.frame
+
+
+def _events(days):
+    rows = []
+    for i, day in enumerate(days):
+        for pos, sku in enumerate(["x", "y", "z"], start=1):
+            rows.append({"session_id": f"s{i}", "session_date": day, "position": pos, "sku": f"{sku}{i}"})
+    return pd.DataFrame(rows)
+
+
+def test_export_writes_three_splits_under_the_run_prefix(recsys_home, monkeypatch):
+    days = [dt.date(2026, 3, d) for d in (1, 2, 3, 4, 5, 5)]
+    monkeypatch.setattr("recsys.export.get_warehouse", lambda s: FakeWarehouse(_events(days)))
+    settings = Settings.from_env()
+    manifest = export_dataset(settings, dt.date(2026, 3, 1), END, "run-1")
+    assert manifest["sessions"] == {"train": 3, "validation": 1, "test": 2}
+    root = store_path(settings, "runs", "run-1", "dataset")
+    assert read_json(root / "manifest.json")["window_end"] == "2026-03-05"
+    test = read_parquet(root / "test" / "sessions.parquet")
+    assert sorted(test["session_date"]) == ["2026-03-05", "2026-03-05"]
+    assert list(test.iloc[0]["items"]) == ["x4", "y4", "z4"]
+
+
+def test_a_window_without_a_validation_day_is_refused(recsys_home, monkeypatch):
+    days = [dt.date(2026, 3, d) for d in (1, 2, 5)]
+    monkeypatch.setattr("recsys.export.get_warehouse", lambda s: FakeWarehouse(_events(days)))
+    with pytest.raises(ExportError, match="no sessions for split.*validation"):
+        export_dataset(Settings.from_env(), dt.date(2026, 3, 1), END, "run-2")
