@@ -26,9 +26,9 @@ $(DBT_VENV)/.ok: requirements/dbt.txt
 	$(DBT_VENV)/bin/pip install --quiet -r requirements/dbt.txt
 	touch $@
 
-$(TRAIN_VENV)/.ok: training_image/requirements-cpu.txt training_image/pyproject.toml
+$(TRAIN_VENV)/.ok: training_image/requirements-cpu.txt training_image/requirements-test.txt training_image/pyproject.toml
 	$(PYTHON) -m venv $(TRAIN_VENV)
-	$(TRAIN_VENV)/bin/pip install --quiet -r training_image/requirements-cpu.txt
+	$(TRAIN_VENV)/bin/pip install --quiet -r training_image/requirements-cpu.txt -r training_image/requirements-test.txt
 	$(TRAIN_VENV)/bin/pip install --quiet --no-deps -e training_image
 	touch $@
 
