@@ -96,7 +96,7 @@ def test_first_night_deploys_and_crowns_a_champion(stack):
     assert metrics["data_gate_passed"] == 1.0 and metrics["model_gate_passed"] == 1.0
     artifacts = {a.path for a in client.list_artifacts(champion.run_id, "reports")}
     assert {"reports/data_report.html", "reports/data_report.json", "reports/model_report.html"} <= artifacts
-    assert client.get_model_version_by_alias("session-recsys", "challenger").version == champion.version
+    assert str(client.get_model_version_by_alias("session-recsys", "challenger").version) == champion.version
     stored = Path(settings.store_url.removeprefix("file://")) / "runs"
     assert list(stored.glob("*/reports/model_report.html"))
 
