@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.settings import Settings
-from recsys.storage import store_path, write_json, write_parquet
+from recsys.storage import path_from_uri, read_parquet, store_path, write_json, write_parquet
 from recsys.warehouse import get_warehouse
 
 log = logging.getLogger(__name__)
@@ -76,3 +76,11 @@ def export_dataset(settings: Settings, start: dt.date, end: dt.date, key: str) -
     write_json(root / "manifest.json", manifest)
     log.info("dataset written to %s", root)
     return manifest
+
+
+def load_sessions(settings: Settings, dataset_uri: str, splits=SPLITS) -> pd.DataFrame:
+    """Read back an exported dataset (some or all of its splits)."""
+    return pd.concat(
+        [read_parquet(path_from_uri(settings, f"{dataset_uri}/{split}/sessions.parquet")) for split in splits],
+        ignore_index=True,
+    )

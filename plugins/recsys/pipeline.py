@@ -10,10 +10,9 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-import pandas as pd
 
 from recsys import endpoint, tracking, training
-from recsys.export import SPLITS, export_dataset
+from recsys.export import export_dataset, load_sessions
 from recsys.gates import GateFailed, GateResult, data_gate, model_gate
 from recsys.ingest import ingest_window
 from recsys.settings import Settings
@@ -66,11 +65,11 @@ def export(window: dict) -> dict:
 
 def check_data(window: dict, dataset: dict) -> dict:
     settings = Settings.from_env()
-    current = _load_sessions(settings, dataset["uri"])
+    current = load_sessions(settings, dataset["uri"])
     champion = tracking.current_champion(settings)
     reference, reference_end = None, None
     if champion and champion.dataset_uri:
-        reference = _load_sessions(settings, champion.dataset_uri)
+        reference = load_sessions(settings, champion.dataset_uri)
         reference_end = _day(champion.window_end)
         log.info("drift reference: champion %s, window %s..%s", champion.model_version,
                  champion.window_start, champion.window_end)
@@ -124,7 +123,7 @@ def check_model(window: dict, trained: dict) -> dict:
 
 def deploy(window: dict, dataset: dict, trained: dict) -> dict:
     settings = Settings.from_env()
-    test = _load_sessions(settings, dataset["uri"], splits=("test",))
+    test = load_sessions(settings, dataset["uri"], splits=("test",))
     smoke = [list(items[:-1]) for items in test["items"].head(SMOKE_SESSIONS)] + [["unknown-sku"]]
     deployed = endpoint.get_backend(settings).deploy(
         trained["model_artifact_uri"], trained["model_version"], smoke, settings.top_k
@@ -168,13 +167,6 @@ def _settle(settings: Settings, window: dict, result: GateResult) -> dict:
 
 def _report_dir(settings: Settings, window: dict) -> Path:
     return settings.home / "reports" / window["run_key"]
-
-
-def _load_sessions(settings: Settings, dataset_uri: str, splits=SPLITS) -> pd.DataFrame:
-    return pd.concat(
-        [read_parquet(path_from_uri(settings, f"{dataset_uri}/{split}/sessions.parquet")) for split in splits],
-        ignore_index=True,
-    )
 
 
 def _flat_metrics(evaluation: dict) -> dict[str, float]:
