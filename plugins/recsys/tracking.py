@@ -58,7 +58,12 @@ def _experiment_id(settings: Settings, mlflow_client: MlflowClient) -> str:
 
 
 def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
-    base = settings.mlflow_ui_url or settings.mlflow_tracking_uri
+    """A link to the run in the MLflow UI (or, with a local store, where to find it)."""
+    base = settings.mlflow_ui_url
+    if not base and settings.mlflow_tracking_uri.startswith("http"):
+        base = settings.mlflow_tracking_uri.rstrip("/")
+    if not base:
+        return f"run {run_id} in {settings.mlflow_tracking_uri} (open it with `mlflow ui --backend-store-uri ...`)"
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
