@@ -18,6 +18,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from recsys.warehouse import RAW_DDL, RAW_TABLE
+
 REPO = Path(__file__).resolve().parents[2]
 DBT_PROJECT = REPO / "dbt"
 DBT_EXECUTABLE = os.environ.get("RECSYS_DBT_EXECUTABLE", str(REPO / ".venv-dbt" / "bin" / "dbt"))
@@ -110,20 +112,7 @@ def write_feed(db_path: Path, rows: list[tuple]) -> None:
     loaded_at = dt.datetime(2021, 3, 4, 2, 0)
     with duckdb.connect(str(db_path)) as con:
         con.execute("create schema raw")
-        con.execute(
-            """
-            create table raw.browsing_events (
-                session_id_hash varchar,
-                event_type varchar,
-                product_action varchar,
-                product_sku_hash varchar,
-                server_timestamp_epoch_ms bigint,
-                hashed_url varchar,
-                event_date date,
-                loaded_at timestamp
-            )
-            """
-        )
+        con.execute(RAW_DDL.format(schema="raw", table=RAW_TABLE))
         full_rows = []
         for session, event_type, action, sku, at_ms, url in rows:
             event_date = dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).date()
