@@ -35,6 +35,10 @@ for name in ("MLFLOW_TRACKING_URI", "RECSYS_SIM_SCENARIO", "RECSYS_STORE_URL", "
     os.environ.pop(name, None)
 
 
+DERIVED_FROM_HOME = ("RECSYS_DUCKDB_PATH", "RECSYS_STORE_URL", "RECSYS_LANDING_URL", "RECSYS_ENDPOINT_DIR",
+                     "MLFLOW_TRACKING_URI")
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """A migrated Airflow metadata database (SQLite) for tests that run the DAG."""
@@ -46,4 +50,7 @@ def recsys_home(tmp_path, monkeypatch) -> Path:
     """A fresh RECSYS_HOME for one test."""
     home = tmp_path / "recsys"
     monkeypatch.setenv("RECSYS_HOME", str(home))
+    # paths derived from RECSYS_HOME must follow it, whatever an earlier test left set
+    for name in DERIVED_FROM_HOME:
+        monkeypatch.delenv(name, raising=False)
     return home

@@ -4,9 +4,13 @@
 # pip, pip3), so the project's Dockerfiles build on it unchanged. Never pushed anywhere.
 FROM debian:bookworm-slim
 
+# Bookworm's CPython is 3.11.2; the official image carries the latest 3.11.x, and a few locked
+# packages (for example soupsieve 4.x) declare Requires-Python >=3.11.5. Patch releases only
+# fix bugs, so the stand-in lets pip install them anyway.
 ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
-    PYTHON_VERSION=3.11
+    PYTHON_VERSION=3.11 \
+    PIP_IGNORE_REQUIRES_PYTHON=1
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates \

@@ -25,6 +25,7 @@ EXPERIMENT = "recsys-retrain"
 REGISTERED_MODEL = "session-recsys"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+MODEL_ARTIFACT_TAG = "model_artifact_uri"
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,16 @@ def _registered_model(mlflow_client: MlflowClient) -> None:
             pass
 
 
+def _registry_source(settings: Settings, run_id: str, artifact_uri: str) -> str:
+    """The version's ``source``. A tracking server accepts a local path only inside the run's
+    own artifacts, so with a server a ``file:`` model points at the run's logged training
+    outputs; the model's store URI is kept in the ``model_artifact_uri`` tag either way."""
+    local_store = settings.mlflow_tracking_uri.startswith(("sqlite:", "file:", "/"))
+    if artifact_uri.startswith("file:") and not local_store:
+        return f"runs:/{run_id}/training"
+    return artifact_uri
+
+
 def register_challenger(settings: Settings, *, run_id: str, artifact_uri: str, tags: dict[str, str]) -> str:
     """Register the trained model (once per model_version) and alias it ``challenger``."""
     mlflow_client = client(settings)
@@ -144,7 +155,8 @@ def register_challenger(settings: Settings, *, run_id: str, artifact_uri: str, t
         version = existing[0]
     else:
         version = mlflow_client.create_model_version(
-            REGISTERED_MODEL, source=artifact_uri, run_id=run_id, tags=tags
+            REGISTERED_MODEL, source=_registry_source(settings, run_id, artifact_uri), run_id=run_id,
+            tags={**tags, MODEL_ARTIFACT_TAG: artifact_uri},
         )
     mlflow_client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, version.version)
     log.info("registered %s version %s as %s", REGISTERED_MODEL, version.version, CHALLENGER)
@@ -166,7 +178,7 @@ def current_champion(settings: Settings) -> Champion | None:
     return Champion(
         version=str(version.version),
         model_version=tags.get("model_version", ""),
-        artifact_uri=version.source,
+        artifact_uri=version.tags.get(MODEL_ARTIFACT_TAG) or version.source,
         dataset_uri=tags.get("dataset_uri", ""),
         window_start=tags.get("window_start", ""),
         window_end=tags.get("window_end", ""),

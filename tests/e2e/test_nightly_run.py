@@ -9,6 +9,7 @@ model are still night 1's.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 import subprocess
 import time
@@ -35,6 +36,7 @@ def stack(airflow_db, tmp_path_factory):
     """RECSYS_HOME, a running local endpoint, and the parsed DAG."""
     home = tmp_path_factory.mktemp("nightly") / "recsys"
     port = _free_port()
+    saved_environ = dict(os.environ)  # running dbt tasks in-process exports their env vars
     env = pytest.MonkeyPatch()
     env.setenv("RECSYS_HOME", str(home))
     env.setenv("RECSYS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
@@ -57,6 +59,8 @@ def stack(airflow_db, tmp_path_factory):
     serve.terminate()
     serve.wait(timeout=30)
     env.undo()
+    os.environ.clear()
+    os.environ.update(saved_environ)
 
 
 def _states(run) -> dict[str, str]:
