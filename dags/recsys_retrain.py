@@ -22,6 +22,12 @@ from recsys.settings import Settings
 settings = Settings.from_env()
 
 
+def _close_failed_run(context):
+    from recsys import pipeline
+
+    pipeline.close_failed_run(context)
+
+
 @dag(
     dag_id="recsys_retrain",
     schedule="0 2 * * *",
@@ -37,6 +43,7 @@ settings = Settings.from_env()
         "force_reason": Param("", type="string", description="Why the gates are overridden (audit trail)."),
     },
     tags=["recsys", "training"],
+    on_failure_callback=_close_failed_run,
     doc_md=__doc__,
 )
 def recsys_retrain():

@@ -142,6 +142,16 @@ def promote(window: dict, trained: dict) -> dict:
     return {"champion": trained["registry_version"], "model_version": trained["model_version"]}
 
 
+def close_failed_run(context: dict) -> None:
+    """DAG failure callback: the run's MLflow run fails too, so none stays RUNNING."""
+    settings = Settings.from_env()
+    run_id = context["dag_run"].run_id
+    found = tracking.find_run(settings, run_id)
+    if found is not None and found.info.status == "RUNNING":
+        tracking.end_run(settings, found.info.run_id, "FAILED")
+        log.info("MLflow run %s of %s marked FAILED", found.info.run_id, run_id)
+
+
 def _settle(settings: Settings, window: dict, result: GateResult) -> dict:
     """Publish a gate's report (store + MLflow), then pass or stop the run."""
     run_id = window["mlflow_run_id"]

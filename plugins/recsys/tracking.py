@@ -68,15 +68,22 @@ def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def start_run(settings: Settings, *, dag_id: str, airflow_run_id: str, tags: dict[str, str]) -> dict:
-    """The MLflow run of this DAG run, created once (a retried task finds it again)."""
+def find_run(settings: Settings, airflow_run_id: str):
+    """The MLflow run of a DAG run, or None."""
     mlflow_client = client(settings)
     experiment_id = _experiment_id(settings, mlflow_client)
     found = mlflow_client.search_runs(
         [experiment_id], filter_string=f"tags.`airflow.run_id` = '{airflow_run_id}'", max_results=1
     )
-    if found:
-        run = found[0]
+    return found[0] if found else None
+
+
+def start_run(settings: Settings, *, dag_id: str, airflow_run_id: str, tags: dict[str, str]) -> dict:
+    """The MLflow run of this DAG run, created once (a retried task finds it again)."""
+    mlflow_client = client(settings)
+    experiment_id = _experiment_id(settings, mlflow_client)
+    run = find_run(settings, airflow_run_id)
+    if run is not None:
         for key, value in tags.items():
             mlflow_client.set_tag(run.info.run_id, key, value)
     else:

@@ -123,3 +123,4 @@ def test_a_bad_night_is_blocked_and_the_champion_keeps_serving(stack, monkeypatc
     assert states["update_endpoint"] != "success" and states["promote_champion"] != "success", states
     assert tracking.current_champion(settings) == before
     assert _served_version(stack["url"]) == before.model_version
+    assert tracking.find_run(settings, run.run_id).info.status == "FAILED"
