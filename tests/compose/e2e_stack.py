@@ -222,23 +222,33 @@ def check_endpoint_serves_champion() -> dict:
 # ---- step 4 ---------------------------------------------------------------------------------
 
 def backfill_two_days(token: str) -> list[str]:
+    """A backfill of the last two days (yesterday's and today's nightly dates), re-running
+    today's completed run. Not two older days: their challengers would be gated against a
+    champion that has trained on their holdout day, and fail the model gate."""
     today = dt.datetime.now(dt.UTC).date()
-    first, last = today - dt.timedelta(days=3), today - dt.timedelta(days=2)
+    first, last = today - dt.timedelta(days=1), today
     body = {"dag_id": DAG_ID, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T23:59:59Z",
-            "reprocess_behavior": "none", "max_active_runs": 1}
+            "reprocess_behavior": "completed", "max_active_runs": 1}
     planned = airflow_api("POST", "/backfills/dry_run", token, body)
-    dates = [b["logical_date"] for b in planned.get("backfills", [])]
+    dates = sorted(b["logical_date"] for b in planned.get("backfills", []))
     if len(dates) != 2:
         raise E2EFailure(f"the backfill {first}..{last} would create {len(dates)} runs, not 2: {planned}")
+    created = time.time()
     backfill = airflow_api("POST", "/backfills", token, body)
     log(f"backfill {backfill['id']}: {first} and {last} (logical dates {', '.join(dates)})")
     deadline = time.monotonic() + 120
+    runs: list[dict] = []
     while time.monotonic() < deadline:
-        runs = [r for r in dag_runs(token, run_type="backfill")]
+        runs = [r for r in dag_runs(token, logical_date_gte=dates[0], logical_date_lte=dates[-1])
+                if r["state"] not in TERMINAL or _after(r.get("end_date"), created)]
         if len(runs) >= 2:
             return [r["dag_run_id"] for r in runs]
         time.sleep(5)
-    raise E2EFailure(f"backfill {backfill['id']} created {len(runs)} runs within 120 s, not 2")
+    raise E2EFailure(f"backfill {backfill['id']} started {len(runs)} runs within 120 s, not 2")
+
+
+def _after(timestamp: str | None, epoch: float) -> bool:
+    return bool(timestamp) and dt.datetime.fromisoformat(timestamp).timestamp() >= epoch
 
 
 # ---- step 5 ---------------------------------------------------------------------------------
