@@ -2,7 +2,10 @@
 
     plan window ─► ingest raw events ─► dbt models + tests (Cosmos)
       ─► export time-split dataset ─► data gate ─► train ─► model gate
-      ─► update endpoint ─► promote champion in MLflow
+      ─► newer than the champion? ─► update endpoint ─► promote champion in MLflow
+
+A backfill of days older than the champion's window trains, gates and registers
+its model, then stops at the freshness check: serving never goes back to older data.
 
 Every box runs locally (DuckDB, files, local processes) or in the cloud
 (Snowflake, S3, SageMaker) depending on RECSYS_* settings only; this file does
@@ -96,6 +99,11 @@ def recsys_retrain():
         from recsys import pipeline
         return pipeline.check_model(window, trained)
 
+    @task.short_circuit
+    def newer_than_champion(window: dict) -> bool:
+        from recsys import pipeline
+        return pipeline.is_newest(window)
+
     @task
     def update_endpoint(window: dict, dataset: dict, trained: dict) -> dict:
         from recsys import pipeline
@@ -112,9 +120,10 @@ def recsys_retrain():
     data_checked = data_gate(window, dataset)
     trained = train_model(window, dataset)
     model_checked = model_gate(window, trained)
+    newest = newer_than_champion(window)
     deployed = update_endpoint(window, dataset, trained)
     promoted = promote_champion(window, trained)
-    chain(landed, dbt_models, dataset, data_checked, trained, model_checked, deployed, promoted)
+    chain(landed, dbt_models, dataset, data_checked, trained, model_checked, newest, deployed, promoted)
 
 
 recsys_retrain()

@@ -85,7 +85,7 @@ def check_data(window: dict, dataset: dict) -> dict:
 
 def train(window: dict, dataset: dict) -> dict:
     settings = Settings.from_env()
-    champion = tracking.current_champion(settings)
+    champion = _comparable_champion(settings, window)
     name = job_name(window["run_id"], window["end"])
     job = training.TrainingJob(
         name=name,
@@ -119,6 +119,27 @@ def check_model(window: dict, trained: dict) -> dict:
         report_dir=_report_dir(settings, window),
     )
     return _settle(settings, window, result)
+
+
+def is_newest(window: dict) -> bool:
+    """Whether this run may replace the champion: only a run whose window ends no earlier than
+    the champion's (a backfill of older days trains, gates and registers its model, but never
+    rolls serving back to older data). ``force_deploy`` overrides this too. A run that stops
+    here closes its MLflow run, saying why it was not deployed."""
+    settings = Settings.from_env()
+    champion = tracking.current_champion(settings)
+    if champion is None or not champion.window_end or champion.window_end <= window["end"]:
+        return True
+    reason = (f"the champion {champion.model_version} was trained on data up to {champion.window_end}, "
+              f"newer than this run's window (ending {window['end']})")
+    if window.get("force_deploy"):
+        log.warning("%s -- deploying anyway: force_deploy", reason)
+        return True
+    log.info("not deploying: %s. The model stays registered as a challenger; the champion keeps serving. "
+             "MLflow run %s", reason, window["mlflow_url"])
+    tracking.set_tags(settings, window["mlflow_run_id"], {"deploy_skipped": reason})
+    tracking.end_run(settings, window["mlflow_run_id"])
+    return False
 
 
 def deploy(window: dict, dataset: dict, trained: dict) -> dict:
@@ -173,6 +194,18 @@ def _settle(settings: Settings, window: dict, result: GateResult) -> dict:
         raise GateFailed(result.message())
     return {"passed": result.passed, "failed_checks": result.failed_checks, "report": str(report),
             "summary": result.summary}
+
+
+def _comparable_champion(settings: Settings, window: dict) -> tracking.Champion | None:
+    """The champion, if comparing with it on this run's holdout day is fair: a champion whose
+    window ends after that day has trained or early-stopped on it (a backfill of older days)."""
+    champion = tracking.current_champion(settings)
+    if champion is not None and champion.window_end and champion.window_end > window["end"]:
+        log.info("champion %s saw this run's holdout day %s (its window ends %s): the challenger is "
+                 "compared against the most-popular baseline only", champion.model_version, window["end"],
+                 champion.window_end)
+        return None
+    return champion
 
 
 def _report_dir(settings: Settings, window: dict) -> Path:

@@ -4,7 +4,8 @@
        green, trigger a run through /api/v2 and wait for it;
     3. POST /invocations on the endpoint's published port answers with the model that MLflow's
        alias `champion` names (checked through MLflow's REST API);
-    4. create a two-day backfill through the API and wait for both runs;
+    4. create a two-day backfill through the API and wait for both runs; they register their
+       models but leave the champion serving (their data is older than its);
     5. screenshots of the Airflow grid view and the MLflow run page (headless Chromium).
 
 Standard library only (runs on the CI host's python3). .ci/compose-e2e calls it; settings
@@ -223,8 +224,8 @@ def check_endpoint_serves_champion() -> dict:
 
 def backfill_two_days(token: str) -> list[str]:
     """A backfill of two past nightly dates (three and two days ago), as when filling in history.
-    Their challengers are gated against a champion trained on later data, which has seen their
-    holdout days: .ci/compose-e2e widens RECSYS_GATE_MAX_REGRESSION for that (see there)."""
+    Their windows end before the champion's, so each trains, gates against the baseline and
+    registers its model, and neither replaces the champion (see check_backfill_kept_champion)."""
     today = dt.datetime.now(dt.UTC).date()
     first, last = today - dt.timedelta(days=3), today - dt.timedelta(days=2)
     body = {"dag_id": DAG_ID, "from_date": f"{first}T00:00:00Z", "to_date": f"{last}T23:59:59Z",
@@ -245,6 +246,21 @@ def backfill_two_days(token: str) -> list[str]:
             return [r["dag_run_id"] for r in runs]
         time.sleep(5)
     raise E2EFailure(f"backfill {backfill['id']} started {len(runs)} runs within 120 s, not 2")
+
+
+def check_backfill_kept_champion(token: str, run_ids: list[str], champion: dict) -> None:
+    """Both backfilled runs stopped at the freshness check; the champion is unchanged."""
+    for run_id in run_ids:
+        states = {t["task_id"]: t["state"] for t in task_states(token, run_id)}
+        expected = {"model_gate": "success", "newer_than_champion": "success",
+                    "update_endpoint": "skipped", "promote_champion": "skipped"}
+        actual = {task: states.get(task) for task in expected}
+        if actual != expected:
+            raise E2EFailure(f"{run_id}: expected {expected}, got {actual}")
+    now = check_endpoint_serves_champion()
+    if now["model_version"] != champion["model_version"]:
+        raise E2EFailure(f"the backfill replaced the champion {champion['model_version']} with {now['model_version']}")
+    log(f"the backfilled runs registered their models and left the champion {champion['model_version']} serving")
 
 
 def _after(timestamp: str | None, epoch: float) -> bool:
@@ -284,15 +300,16 @@ def main() -> int:
         timings["scheduled_run_s"] = round(_seconds(runs[scheduled]["start_date"], runs[scheduled]["end_date"]))
         timings["manual_run_s"] = round(_seconds(runs[manual]["start_date"], runs[manual]["end_date"]))
 
-        check_endpoint_serves_champion()
+        champion = check_endpoint_serves_champion()
 
         backfill_runs = backfill_two_days(token)
         started = time.monotonic()
         wait_for_runs(token, backfill_runs, RUN_TIMEOUT_S)
         timings["backfill_two_days_s"] = round(time.monotonic() - started)
+        check_backfill_kept_champion(token, backfill_runs, champion)
 
         token = login()  # a fresh token for the browser
-        take_screenshots(token, check_endpoint_serves_champion())
+        take_screenshots(token, champion)
     except (E2EFailure, TimeoutError, OSError) as exc:
         log(f"FAILED: {exc}")
         return 1

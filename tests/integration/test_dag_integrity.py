@@ -40,7 +40,7 @@ def test_params_are_validated(dag):
 def test_the_pipeline_reads_like_the_diagram(dag):
     order = ["plan_window", "ingest_raw_events", "dbt.stg_browsing_events.run", "dbt.stg_browsing_events.test",
              "dbt.sessions.run", "dbt.training_events.run", "dbt.training_events.test", "export_dataset", "data_gate",
-             "train_model", "model_gate", "update_endpoint", "promote_champion"]
+             "train_model", "model_gate", "newer_than_champion", "update_endpoint", "promote_champion"]
     for upstream, downstream in zip(order, order[1:]):
         assert downstream in {t.task_id for t in dag.get_task(upstream).get_flat_relatives(upstream=False)}, (upstream, downstream)
 
