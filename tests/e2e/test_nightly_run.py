@@ -3,7 +3,7 @@
 Night 1 (steady) must deploy and crown a champion; night 2 with a popularity
 shift must be stopped by the data gate; night 3 with a broken feed must be
 stopped by dbt's tests. After the blocked nights the champion and the served
-model are still night 1's. A backfill of the night before night 1 trains and
+model are still night 1's. A backfill of a night before night 1 trains and
 registers its model but leaves night 1's champion serving.
 """
 
@@ -132,7 +132,9 @@ def test_a_backfill_of_an_older_night_does_not_replace_the_champion(stack):
     before = tracking.current_champion(settings)
     assert before is not None, "runs after the first night"
 
-    run = stack["dag"].test(logical_date=NIGHT_1 - dt.timedelta(days=1))
+    # two nights back: on the tiny preset not every night's model beats the most-popular
+    # baseline, and this test is about the freshness check, not the model gate
+    run = stack["dag"].test(logical_date=NIGHT_1 - dt.timedelta(days=2))
 
     states = _states(run)
     assert run.state == "success", states
@@ -141,7 +143,7 @@ def test_a_backfill_of_an_older_night_does_not_replace_the_champion(stack):
     assert tracking.current_champion(settings) == before
     assert _served_version(stack["url"]) == before.model_version
     challenger = client.get_model_version_by_alias("session-recsys", "challenger")
-    assert challenger.tags["window_end"] == "2026-03-08" and str(challenger.version) != before.version
+    assert challenger.tags["window_end"] == "2026-03-07" and str(challenger.version) != before.version
     mlflow_run = tracking.find_run(settings, run.run_id)
     assert mlflow_run.info.status == "FINISHED" and "deploy_skipped" in mlflow_run.data.tags
     # not judged against a champion that trained on its holdout day
