@@ -15,10 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Test modules import this file again as `tests.conftest` (for REPO): the session's home must
-# stay the one Airflow was configured with when the first of them was collected.
-_SESSION_HOME = Path(os.environ.get("RECSYS_TESTS_HOME") or tempfile.mkdtemp(prefix="recsys-tests-"))
-os.environ["RECSYS_TESTS_HOME"] = str(_SESSION_HOME)
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="recsys-tests-"))
 
 os.environ.update(
     {

@@ -128,7 +128,7 @@ def is_newest(window: dict) -> bool:
     here closes its MLflow run, saying why it was not deployed."""
     settings = Settings.from_env()
     champion = tracking.current_champion(settings)
-    if champion is None or not champion.window_end or champion.window_end <= window["end"]:
+    if champion is None or not champion.trained_after(window["end"]):
         return True
     reason = (f"the champion {champion.model_version} was trained on data up to {champion.window_end}, "
               f"newer than this run's window (ending {window['end']})")
@@ -200,7 +200,7 @@ def _comparable_champion(settings: Settings, window: dict) -> tracking.Champion 
     """The champion, if comparing with it on this run's holdout day is fair: a champion whose
     window ends after that day has trained or early-stopped on it (a backfill of older days)."""
     champion = tracking.current_champion(settings)
-    if champion is not None and champion.window_end and champion.window_end > window["end"]:
+    if champion is not None and champion.trained_after(window["end"]):
         log.info("champion %s saw this run's holdout day %s (its window ends %s): the challenger is "
                  "compared against the most-popular baseline only", champion.model_version, window["end"],
                  champion.window_end)

@@ -38,6 +38,11 @@ class Champion:
     window_end: str
     run_id: str
 
+    def trained_after(self, day: str) -> bool:
+        """Whether this champion's window ends after ``day`` (ISO date): it has trained, or
+        early-stopped, on that day's data."""
+        return bool(self.window_end) and self.window_end > day
+
 
 def client(settings: Settings) -> MlflowClient:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+# not imported from conftest: importing it a second time would make a second test home
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
