@@ -28,7 +28,7 @@ settings = Settings.from_env()
 def _close_failed_run(context):
     from recsys import pipeline
 
-    pipeline.close_failed_run(context)
+    pipeline.close_failed_run(context["dag_run"].run_id)
 
 
 @dag(
@@ -50,18 +50,20 @@ def _close_failed_run(context):
     doc_md=__doc__,
 )
 def recsys_retrain():
+    # Each task calls the body of the same name in recsys.pipeline. The heavy libraries
+    # (Evidently, MLflow) are imported when a task runs, never when the file is parsed.
     @task
     def plan_window(params=None, dag_run=None, run_id=None) -> dict:
-        from recsys import pipeline  # heavy (Evidently, MLflow): imported at run time, not parse time
+        from recsys import pipeline
         return pipeline.plan_window(
             dag_id=dag_run.dag_id, run_id=run_id, run_date=dag_run.logical_date or dag_run.run_after,
             window_days=params["window_days"], force_deploy=params["force_deploy"], force_reason=params["force_reason"],
         )
 
     @task
-    def ingest_raw_events(window: dict) -> dict:
+    def ingest_raw_events(run: dict) -> dict:
         from recsys import pipeline
-        return pipeline.ingest(window)
+        return pipeline.ingest_raw_events(run)
 
     dbt_models = DbtTaskGroup(
         group_id="dbt",
@@ -71,8 +73,8 @@ def recsys_retrain():
         execution_config=dbt_config.execution_config(settings),
         operator_args={
             "vars": {
-                "window_start": "{{ ti.xcom_pull(task_ids='plan_window')['start'] }}",
-                "window_end": "{{ ti.xcom_pull(task_ids='plan_window')['end'] }}",
+                "window_start": "{{ ti.xcom_pull(task_ids='plan_window')['window_start'] }}",
+                "window_end": "{{ ti.xcom_pull(task_ids='plan_window')['window_end'] }}",
                 "raw_schema": settings.raw_schema,
             },
             "install_deps": False,
@@ -80,49 +82,49 @@ def recsys_retrain():
     )
 
     @task
-    def export_dataset(window: dict) -> dict:
+    def export_dataset(run: dict) -> dict:
         from recsys import pipeline
-        return pipeline.export(window)
+        return pipeline.export_dataset(run)
 
     @task
-    def data_gate(window: dict, dataset: dict) -> dict:
+    def data_gate(run: dict, dataset: dict) -> dict:
         from recsys import pipeline
-        return pipeline.check_data(window, dataset)
+        return pipeline.data_gate(run, dataset)
 
     @task(execution_timeout=timedelta(hours=6))
-    def train_model(window: dict, dataset: dict) -> dict:
+    def train_model(run: dict, dataset: dict) -> dict:
         from recsys import pipeline
-        return pipeline.train(window, dataset)
+        return pipeline.train_model(run, dataset)
 
     @task
-    def model_gate(window: dict, trained: dict) -> dict:
+    def model_gate(run: dict, trained: dict) -> dict:
         from recsys import pipeline
-        return pipeline.check_model(window, trained)
+        return pipeline.model_gate(run, trained)
 
     @task.short_circuit
-    def newer_than_champion(window: dict) -> bool:
+    def newer_than_champion(run: dict) -> bool:
         from recsys import pipeline
-        return pipeline.is_newest(window)
+        return pipeline.newer_than_champion(run)
 
     @task
-    def update_endpoint(window: dict, dataset: dict, trained: dict) -> dict:
+    def update_endpoint(run: dict, dataset: dict, trained: dict) -> dict:
         from recsys import pipeline
-        return pipeline.deploy(window, dataset, trained)
+        return pipeline.update_endpoint(run, dataset, trained)
 
     @task
-    def promote_champion(window: dict, trained: dict) -> dict:
+    def promote_champion(run: dict, trained: dict) -> dict:
         from recsys import pipeline
-        return pipeline.promote(window, trained)
+        return pipeline.promote_champion(run, trained)
 
-    window = plan_window()
-    landed = ingest_raw_events(window)
-    dataset = export_dataset(window)
-    data_checked = data_gate(window, dataset)
-    trained = train_model(window, dataset)
-    model_checked = model_gate(window, trained)
-    newest = newer_than_champion(window)
-    deployed = update_endpoint(window, dataset, trained)
-    promoted = promote_champion(window, trained)
+    run = plan_window()
+    landed = ingest_raw_events(run)
+    dataset = export_dataset(run)
+    data_checked = data_gate(run, dataset)
+    trained = train_model(run, dataset)
+    model_checked = model_gate(run, trained)
+    newest = newer_than_champion(run)
+    deployed = update_endpoint(run, dataset, trained)
+    promoted = promote_champion(run, trained)
     chain(landed, dbt_models, dataset, data_checked, trained, model_checked, newest, deployed, promoted)
 
 

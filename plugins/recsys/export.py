@@ -13,13 +13,12 @@ import logging
 import numpy as np
 import pandas as pd
 
+from recsys.run import SPLITS, RunLayout
 from recsys.settings import Settings
-from recsys.storage import path_from_uri, read_parquet, store_path, write_json, write_parquet
+from recsys.storage import path_from_uri, read_parquet, write_json, write_parquet
 from recsys.warehouse import get_warehouse
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
 
 
 class ExportError(RuntimeError):
@@ -44,7 +43,7 @@ def sessions_from_events(events: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def export_dataset(settings: Settings, start: dt.date, end: dt.date, key: str) -> dict:
+def export_dataset(settings: Settings, start: dt.date, end: dt.date, layout: RunLayout) -> dict:
     warehouse = get_warehouse(settings)
     events = warehouse.query(
         f"select session_id, session_date, position, sku "
@@ -60,27 +59,26 @@ def export_dataset(settings: Settings, start: dt.date, end: dt.date, key: str) -
             f"window {start}..{end} gives no sessions for split(s) {', '.join(empty)} "
             f"(sessions per split: {counts}); the window needs at least 3 days with product interactions"
         )
-    root = store_path(settings, "runs", key, "dataset")
     for name in SPLITS:
         part = sessions.loc[sessions["split"] == name, ["session_id", "session_date", "items"]].copy()
         part["session_date"] = part["session_date"].map(lambda d: d.isoformat())
-        write_parquet(root / name / "sessions.parquet", part)
+        write_parquet(path_from_uri(settings, RunLayout.split(layout.dataset, name)), part)
         log.info("%s: %d sessions, %d interactions", name, len(part), int(part["items"].map(len).sum()))
     manifest = {
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
         "sessions": {k: int(v) for k, v in counts.items()},
         "interactions": int(events.shape[0]),
-        "uri": str(root),
+        "uri": layout.dataset,
     }
-    write_json(root / "manifest.json", manifest)
-    log.info("dataset written to %s", root)
+    write_json(path_from_uri(settings, layout.manifest), manifest)
+    log.info("dataset written to %s", layout.dataset)
     return manifest
 
 
 def load_sessions(settings: Settings, dataset_uri: str, splits=SPLITS) -> pd.DataFrame:
     """Read back an exported dataset (some or all of its splits)."""
     return pd.concat(
-        [read_parquet(path_from_uri(settings, f"{dataset_uri}/{split}/sessions.parquet")) for split in splits],
+        [read_parquet(path_from_uri(settings, RunLayout.split(dataset_uri, split))) for split in splits],
         ignore_index=True,
     )

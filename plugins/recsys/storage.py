@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
+import tarfile
 from pathlib import Path
 
 import pandas as pd
@@ -23,22 +23,13 @@ def _path(url: str, settings: Settings) -> ObjectStoragePath:
     return ObjectStoragePath(url, conn_id=conn_id)
 
 
-def store_path(settings: Settings, *parts: str) -> ObjectStoragePath:
-    """A path under the store's root, e.g. ``store_path(s, "runs", key, "dataset")``."""
-    return _path("/".join([settings.store_url, *parts]), settings)
-
-
 def landing_path(settings: Settings, name: str) -> ObjectStoragePath:
     return _path(f"{settings.landing_url}/{name}", settings)
 
 
 def path_from_uri(settings: Settings, uri: str) -> ObjectStoragePath:
+    """A store URI (as ``recsys.run.RunLayout`` names them) as a path to read or write."""
     return _path(uri, settings)
-
-
-def run_key(run_id: str) -> str:
-    """A run id made safe for object keys and job names (``:`` and ``+`` are not)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-")
 
 
 def write_bytes(path: ObjectStoragePath, data: bytes) -> None:
@@ -86,3 +77,30 @@ def upload(source: Path, path: ObjectStoragePath) -> ObjectStoragePath:
     with open(source, "rb") as src:
         write_bytes(path, src.read())
     return path
+
+
+# SageMaker's archives: model.tar.gz (the model folder's contents at the archive root) and
+# output.tar.gz (/opt/ml/output/data). One packer and one unpacker for both.
+MODEL_METADATA = "metadata.json"
+
+
+def pack(source_dir: Path, target: Path) -> Path:
+    """Tar and gzip a folder's contents at the archive root. ``metadata.json`` goes in last:
+    a model folder without it is never taken for a model, so a reader streaming a cut
+    archive never sees a complete-looking one."""
+    items = sorted(source_dir.iterdir(), key=lambda item: (item.name == MODEL_METADATA, item.name))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".tmp")
+    with tarfile.open(partial, "w:gz") as tar:
+        for item in items:
+            tar.add(item, arcname=item.name)
+    partial.replace(target)
+    return target
+
+
+def unpack(archive: Path, target: Path) -> Path:
+    """Extract an archive made by ``pack`` (or by SageMaker); refuses unsafe members."""
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:gz") as tar:
+        tar.extractall(target, filter="data")
+    return target

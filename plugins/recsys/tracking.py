@@ -83,54 +83,64 @@ def find_run(settings: Settings, airflow_run_id: str):
     return found[0] if found else None
 
 
-def start_run(settings: Settings, *, dag_id: str, airflow_run_id: str, tags: dict[str, str]) -> dict:
-    """The MLflow run of this DAG run, created once (a retried task finds it again)."""
-    mlflow_client = client(settings)
-    experiment_id = _experiment_id(settings, mlflow_client)
-    run = find_run(settings, airflow_run_id)
-    if run is not None:
+class Run:
+    """The MLflow run of one DAG run: every task logs through this handle."""
+
+    def __init__(self, settings: Settings, run_id: str, url: str = ""):
+        self.settings = settings
+        self.run_id = run_id
+        self.url = url or run_id
+        self._client = client(settings)
+
+    @classmethod
+    def start(cls, settings: Settings, *, dag_id: str, airflow_run_id: str, tags: dict[str, str]) -> Run:
+        """The MLflow run of this DAG run, created once (a retried task finds it again)."""
+        mlflow_client = client(settings)
+        experiment_id = _experiment_id(settings, mlflow_client)
+        run = find_run(settings, airflow_run_id)
+        if run is not None:
+            for key, value in tags.items():
+                mlflow_client.set_tag(run.info.run_id, key, value)
+        else:
+            airflow_link = f"{settings.airflow_ui_url}/dags/{dag_id}/runs/{airflow_run_id}"
+            run = mlflow_client.create_run(
+                experiment_id,
+                run_name=airflow_run_id,
+                tags={"airflow.dag_id": dag_id, "airflow.run_id": airflow_run_id, "airflow.url": airflow_link, **tags},
+            )
+        url = run_url(settings, experiment_id, run.info.run_id)
+        log.info("MLflow run: %s", url)
+        return cls(settings, run.info.run_id, url)
+
+    @property
+    def status(self) -> str:
+        return self._client.get_run(self.run_id).info.status
+
+    def log_params(self, params: dict) -> None:
+        existing = self._client.get_run(self.run_id).data.params
+        # MLflow params are immutable; a retry logs only what it has not logged yet.
+        for key, value in params.items():
+            if key not in existing:
+                self._client.log_param(self.run_id, key, str(value))
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if value is not None:
+                self._client.log_metric(self.run_id, key, float(value))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            mlflow_client.set_tag(run.info.run_id, key, value)
-    else:
-        airflow_link = f"{settings.airflow_ui_url}/dags/{dag_id}/runs/{airflow_run_id}"
-        run = mlflow_client.create_run(
-            experiment_id,
-            run_name=airflow_run_id,
-            tags={"airflow.dag_id": dag_id, "airflow.run_id": airflow_run_id, "airflow.url": airflow_link, **tags},
-        )
-    url = run_url(settings, experiment_id, run.info.run_id)
-    log.info("MLflow run: %s", url)
-    return {"run_id": run.info.run_id, "experiment_id": experiment_id, "url": url}
+            self._client.set_tag(self.run_id, key, str(value))
 
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        self._client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
-def log_params(settings: Settings, run_id: str, params: dict) -> None:
-    mlflow_client = client(settings)
-    existing = mlflow_client.get_run(run_id).data.params
-    # MLflow params are immutable; a retry logs only what it has not logged yet.
-    for key, value in params.items():
-        if key not in existing:
-            mlflow_client.log_param(run_id, key, str(value))
+    def end(self, status: str = "FINISHED") -> None:
+        self._client.set_terminated(self.run_id, status)
 
-
-def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float]) -> None:
-    mlflow_client = client(settings)
-    for key, value in metrics.items():
-        if value is not None:
-            mlflow_client.log_metric(run_id, key, float(value))
-
-
-def set_tags(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
-    mlflow_client = client(settings)
-    for key, value in tags.items():
-        mlflow_client.set_tag(run_id, key, str(value))
-
-
-def log_artifacts(settings: Settings, run_id: str, local_dir: Path, artifact_path: str) -> None:
-    client(settings).log_artifacts(run_id, str(local_dir), artifact_path)
-
-
-def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
-    client(settings).set_terminated(run_id, status)
+    def register_challenger(self, *, artifact_uri: str, tags: dict[str, str]) -> str:
+        """Register this run's model (once per model_version) and alias it ``challenger``."""
+        return register_challenger(self.settings, run_id=self.run_id, artifact_uri=artifact_uri, tags=tags)
 
 
 def _registered_model(mlflow_client: MlflowClient) -> None:

@@ -68,4 +68,4 @@ def test_cosmos_renders_from_the_manifest(dag):
 
     assert dbt_config.render_config().load_method == LoadMode.DBT_MANIFEST
     run = dag.get_task("dbt.training_events.run")
-    assert run.vars["window_end"] == "{{ ti.xcom_pull(task_ids='plan_window')['end'] }}"
+    assert run.vars["window_end"] == "{{ ti.xcom_pull(task_ids='plan_window')['window_end'] }}"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from recsys.export import ExportError, export_dataset, sessions_from_events, split_of
+from recsys.run import RunLayout
 from recsys.settings import Settings
-from recsys.storage import read_json, read_parquet, store_path
+from recsys.storage import path_from_uri, read_json
 
 END = dt.date(2026, 3, 5)
 
@@ -49,11 +51,13 @@ def test_export_writes_three_splits_under_the_run_prefix(recsys_home, monkeypatc
     days = [dt.date(2026, 3, d) for d in (1, 2, 3, 4, 5, 5)]
     monkeypatch.setattr("recsys.export.get_warehouse", lambda s: FakeWarehouse(_events(days)))
     settings = Settings.from_env()
-    manifest = export_dataset(settings, dt.date(2026, 3, 1), END, "run-1")
+    layout = RunLayout.of(settings, "run-1")
+    manifest = export_dataset(settings, dt.date(2026, 3, 1), END, layout)
     assert manifest["sessions"] == {"train": 3, "validation": 1, "test": 2}
-    root = store_path(settings, "runs", "run-1", "dataset")
-    assert read_json(root / "manifest.json")["window_end"] == "2026-03-05"
-    test = read_parquet(root / "test" / "sessions.parquet")
+    root = Path(settings.store_url.removeprefix("file://")) / "runs" / "run-1" / "dataset"
+    assert manifest["uri"] == root.as_uri()
+    assert read_json(path_from_uri(settings, layout.manifest))["window_end"] == "2026-03-05"
+    test = pd.read_parquet(root / "test" / "sessions.parquet")
     assert sorted(test["session_date"]) == ["2026-03-05", "2026-03-05"]
     assert list(test.iloc[0]["items"]) == ["x4", "y4", "z4"]
 
@@ -62,4 +66,5 @@ def test_a_window_without_a_validation_day_is_refused(recsys_home, monkeypatch):
     days = [dt.date(2026, 3, d) for d in (1, 2, 5)]
     monkeypatch.setattr("recsys.export.get_warehouse", lambda s: FakeWarehouse(_events(days)))
     with pytest.raises(ExportError, match="no sessions for split.*validation"):
-        export_dataset(Settings.from_env(), dt.date(2026, 3, 1), END, "run-2")
+        settings = Settings.from_env()
+        export_dataset(settings, dt.date(2026, 3, 1), END, RunLayout.of(settings, "run-2"))

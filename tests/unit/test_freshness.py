@@ -3,18 +3,23 @@ judged against a champion that has trained on its holdout day."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from recsys import pipeline, tracking
+from recsys.run import RunContext
 from recsys.settings import Settings
 
 CHAMPION_WINDOW = ("2026-03-06", "2026-03-09")
 
 
 def _window(settings: Settings, run_id: str, end: str, force_deploy: bool = False) -> dict:
-    run = tracking.start_run(settings, dag_id="recsys_retrain", airflow_run_id=run_id, tags={"window_end": end})
-    return {"end": end, "run_id": run_id, "mlflow_run_id": run["run_id"], "mlflow_url": run["url"],
-            "force_deploy": force_deploy}
+    run = tracking.Run.start(settings, dag_id="recsys_retrain", airflow_run_id=run_id, tags={"window_end": end})
+    end_day = dt.date.fromisoformat(end)
+    return RunContext(dag_id="recsys_retrain", run_id=run_id, window_start=end_day - dt.timedelta(days=3),
+                      window_end=end_day, mlflow_run_id=run.run_id, mlflow_url=run.url,
+                      force_deploy=force_deploy).to_xcom()
 
 
 @pytest.fixture
@@ -34,31 +39,31 @@ def settings(recsys_home) -> Settings:
 @pytest.mark.parametrize("end", ["2026-03-09", "2026-03-10", "2026-04-01"])
 def test_a_run_as_new_as_the_champion_deploys(settings, end):
     window = _window(settings, f"manual__{end}", end)
-    assert pipeline.is_newest(window) is True
-    assert pipeline._comparable_champion(settings, window).model_version == "night-1"
+    assert pipeline.newer_than_champion(window) is True
+    assert pipeline._comparable_champion(settings, RunContext.from_xcom(window)).model_version == "night-1"
     assert tracking.client(settings).get_run(window["mlflow_run_id"]).info.status == "RUNNING"
 
 
 def test_a_backfill_of_older_days_keeps_the_champion_and_closes_its_run(settings):
     window = _window(settings, "backfill__2026-03-08", "2026-03-07")
 
-    assert pipeline.is_newest(window) is False
+    assert pipeline.newer_than_champion(window) is False
 
     run = tracking.client(settings).get_run(window["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert "2026-03-09" in run.data.tags["deploy_skipped"] and "2026-03-07" in run.data.tags["deploy_skipped"]
     assert tracking.current_champion(settings).model_version == "night-1"
     # the champion trained on 2026-03-07, so it is no fair bar on that holdout day
-    assert pipeline._comparable_champion(settings, window) is None
+    assert pipeline._comparable_champion(settings, RunContext.from_xcom(window)) is None
 
 
 def test_force_deploy_overrides_the_freshness_check(settings):
     window = _window(settings, "backfill__2026-03-08", "2026-03-07", force_deploy=True)
-    assert pipeline.is_newest(window) is True
+    assert pipeline.newer_than_champion(window) is True
 
 
 def test_the_first_run_has_nothing_to_be_older_than(recsys_home):
     settings = Settings.from_env()
     window = _window(settings, "scheduled__2026-03-10", "2026-03-09")
-    assert pipeline.is_newest(window) is True
-    assert pipeline._comparable_champion(settings, window) is None
+    assert pipeline.newer_than_champion(window) is True
+    assert pipeline._comparable_champion(settings, RunContext.from_xcom(window)) is None

@@ -72,10 +72,10 @@ def endpoint(recsys_home, monkeypatch):
 def test_deploy_switches_the_served_model(endpoint, tmp_path):
     backend, _ = endpoint
     result = backend.deploy(_artifact(tmp_path, "v1"), "v1", [["a", "b"]], k=3)
-    assert result["previous"] is None
+    assert result.previous is None
     assert backend.served_version() == "v1"
     result = backend.deploy(_artifact(tmp_path, "v2"), "v2", [["a", "b"]], k=3)
-    assert result["previous"] == "models/v1"
+    assert result.previous == "models/v1"
     assert backend.served_version() == "v2"
     assert not list(backend.root.glob(".current*")) and not list((backend.root / "models").glob(".*partial"))
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
+from pathlib import Path
 
 import boto3
 import pytest
@@ -13,8 +15,9 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from botocore.validate import validate_parameters
 
-from recsys.endpoint import DeployFailed
+from recsys.endpoint import Deployment, DeployFailed
 from recsys.endpoint.sagemaker import SageMakerEndpoint
+from recsys.run import RunLayout
 from recsys.settings import Settings, SettingsError
 from recsys.training.job import TrainingJob
 from recsys.training.sagemaker import training_config
@@ -35,10 +38,11 @@ def _client(service: str):
     return boto3.client(service, region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
 
 
+LAYOUT = RunLayout("s3://recsys-bucket/nightly", Path("/tmp/recsys"), "r1")
 JOB = TrainingJob(
     name="recsys-20260309-1a2b3c4d",
-    dataset_uri="s3://recsys-bucket/nightly/runs/r1/dataset",
-    output_uri="s3://recsys-bucket/nightly/runs/r1/training",
+    dataset_uri=LAYOUT.dataset,
+    layout=LAYOUT,
     hyperparameters={"model_version": "recsys-20260309-1a2b3c4d", "epochs": "5"},
     champion_artifact_uri="s3://recsys-bucket/nightly/runs/r0/training/old/output/model.tar.gz",
 )
@@ -54,7 +58,17 @@ def test_training_job_request_matches_the_create_training_job_api(settings):
         "test": f"{JOB.dataset_uri}/test/", "champion": JOB.champion_artifact_uri,
     }
     assert config["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    assert config["OutputDataConfig"]["S3OutputPath"] == "s3://recsys-bucket/nightly/runs/r1/training"
     assert all(isinstance(v, str) for v in config["HyperParameters"].values())
+
+
+def test_metric_definitions_follow_top_k(settings, monkeypatch):
+    monkeypatch.setenv("RECSYS_TOP_K", "10")
+    config = training_config(Settings.from_env(), JOB)
+    names = [m["Name"] for m in config["AlgorithmSpecification"]["MetricDefinitions"]]
+    assert names == ["val_hr_at_10", "val_mrr_at_10", "test_hr_at_10", "test_mrr_at_10"]
+    assert re.search(config["AlgorithmSpecification"]["MetricDefinitions"][3]["Regex"],
+                     "epoch 3 test_mrr_at_10=0.4321; done").group(1) == "0.4321"
 
 
 def test_training_backend_names_missing_settings(recsys_home):
@@ -93,7 +107,7 @@ def test_endpoint_update_switches_config_and_smoke_tests(settings):
                              {"EndpointName": "session-recsys", "ContentType": "application/json", "Body": ANY})
         result = SageMakerEndpoint(settings, sm, runtime).deploy("s3://b/m.tar.gz", "v2", [["a"]], k=3)
         stub_sm.assert_no_pending_responses()
-    assert result == {"endpoint": "session-recsys", "model_version": "v2", "previous": "session-recsys-v1"}
+    assert result == Deployment(endpoint="session-recsys", model_version="v2", previous="session-recsys-v1")
 
 
 def test_an_update_that_rolled_back_is_a_failed_deploy(settings):

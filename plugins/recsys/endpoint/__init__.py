@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
 from recsys.endpoint.smoke import DeployFailed
 from recsys.settings import Settings
 
 
-def get_backend(settings: Settings):
+@dataclass(frozen=True)
+class Deployment:
+    """The endpoint now serving ``model_version``; ``previous`` is what it served before."""
+
+    endpoint: str
+    model_version: str
+    previous: str | None
+
+    def to_xcom(self) -> dict:
+        return asdict(self)
+
+
+class EndpointBackend(Protocol):
+    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int) -> Deployment: ...
+
+
+def get_backend(settings: Settings) -> EndpointBackend:
     if settings.endpoint_backend == "sagemaker":
         from recsys.endpoint.sagemaker import SageMakerEndpoint
 
@@ -16,4 +35,4 @@ def get_backend(settings: Settings):
     return LocalEndpoint(settings)
 
 
-__all__ = ["DeployFailed", "get_backend"]
+__all__ = ["DeployFailed", "Deployment", "EndpointBackend", "get_backend"]

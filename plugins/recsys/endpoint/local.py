@@ -17,10 +17,11 @@ from pathlib import Path
 
 import requests
 
+from recsys.endpoint import Deployment
 from recsys.endpoint.smoke import DeployFailed, check_response
+from recsys.run import endpoint_current, endpoint_models
 from recsys.settings import Settings
-from recsys.storage import download, path_from_uri
-from recsys.training.job import extract_tarball
+from recsys.storage import download, path_from_uri, unpack
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class LocalEndpoint:
 
     @property
     def current(self) -> Path:
-        return self.root / "current"
+        return endpoint_current(self.root)
 
     def served_version(self) -> str | None:
         try:
@@ -42,7 +43,7 @@ class LocalEndpoint:
         except requests.RequestException:
             return None
 
-    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int) -> dict:
+    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int) -> Deployment:
         target = self._unpack(model_artifact_uri, model_version)
         previous = os.readlink(self.current) if self.current.is_symlink() else None
         self._point_to(target.relative_to(self.root))
@@ -56,17 +57,17 @@ class LocalEndpoint:
                 log.error("deploy failed, endpoint model switched back to %s", previous)
             raise DeployFailed(f"deploy of {model_version} to {self.url} failed: {exc}") from exc
         log.info("endpoint %s serves %s", self.url, model_version)
-        return {"endpoint": self.url, "model_version": model_version, "previous": previous}
+        return Deployment(self.url, model_version, previous)
 
     def _unpack(self, model_artifact_uri: str, model_version: str) -> Path:
-        models = self.root / "models"
+        models = endpoint_models(self.root)
         target = models / model_version
         if (target / "metadata.json").exists():
             return target
         partial = models / f".{model_version}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         archive = download(path_from_uri(self.settings, model_artifact_uri), partial / "model.tar.gz")
-        extract_tarball(archive, partial / "model")
+        unpack(archive, partial / "model")
         shutil.rmtree(target, ignore_errors=True)
         (partial / "model").rename(target)
         shutil.rmtree(partial)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
+from recsys.endpoint import Deployment
 from recsys.endpoint.smoke import DeployFailed, check_response
 from recsys.settings import Settings, SettingsError
 
@@ -39,7 +40,7 @@ class SageMakerEndpoint:
             self._runtime = AwsBaseHook(aws_conn_id=self.settings.aws_conn_id, client_type="sagemaker-runtime").get_conn()
         return self._runtime
 
-    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int) -> dict:
+    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int) -> Deployment:
         if not self.sm["role_arn"] or not self.sm["image_uri"]:
             raise SettingsError("the sagemaker endpoint backend needs RECSYS_SAGEMAKER_ROLE_ARN and RECSYS_SAGEMAKER_IMAGE_URI")
         endpoint = self.sm["endpoint_name"]
@@ -74,7 +75,7 @@ class SageMakerEndpoint:
             Body=json.dumps({"sessions": smoke_sessions, "k": k}),
         )
         check_response(json.loads(response["Body"].read()), model_version, len(smoke_sessions), k)
-        return {"endpoint": endpoint, "model_version": model_version, "previous": previous}
+        return Deployment(endpoint, model_version, previous)
 
     def _current_config(self, endpoint: str) -> str | None:
         from botocore.exceptions import ClientError

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from recsys.settings import Settings
-from recsys.training.job import TrainingFailed, TrainingJob, TrainingResult
+from recsys.training.job import TrainingBackend, TrainingFailed, TrainingJob, TrainingResult
 
 
-def get_backend(settings: Settings):
+def get_backend(settings: Settings) -> TrainingBackend:
     if settings.training_backend == "sagemaker":
         from recsys.training.sagemaker import SageMakerTraining
 
@@ -16,4 +16,4 @@ def get_backend(settings: Settings):
     return LocalTraining(settings)
 
 
-__all__ = ["TrainingFailed", "TrainingJob", "TrainingResult", "get_backend"]
+__all__ = ["TrainingBackend", "TrainingFailed", "TrainingJob", "TrainingResult", "get_backend"]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-CHANNELS = ("train", "validation", "test")
+from recsys.run import EVALUATION_FILE, SPLITS, RunLayout
+
+# The job's input channels: the dataset's splits, and optionally the champion's model.tar.gz.
+CHANNELS = SPLITS
+CHAMPION_CHANNEL = "champion"
 
 
 class TrainingFailed(RuntimeError):
@@ -19,17 +23,25 @@ class TrainingFailed(RuntimeError):
 class TrainingJob:
     name: str
     dataset_uri: str
-    output_uri: str
+    layout: RunLayout
     hyperparameters: dict[str, str]
     champion_artifact_uri: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingResult:
+    """What a finished job wrote, as URIs in the store (the layout's), and its evaluation.
+    ``output_dir`` is a local copy of the job's outputs on the worker that ran the task."""
+
     job_name: str
     model_artifact_uri: str
+    predictions_uri: str
     output_dir: Path
     evaluation: dict = field(default_factory=dict)
+
+
+class TrainingBackend(Protocol):
+    def train(self, job: TrainingJob) -> TrainingResult: ...
 
 
 def job_name(run_id: str, window_end: str) -> str:
@@ -45,20 +57,5 @@ def hyperparameters(job: str, overrides: dict[str, str], top_k: int) -> dict[str
     return values
 
 
-def read_output(output_dir: Path) -> dict:
-    return json.loads((output_dir / "evaluation.json").read_text())
-
-
-def make_tarball(source_dir: Path, target: Path) -> Path:
-    """SageMaker's model.tar.gz: the model dir's contents at the archive root."""
-    with tarfile.open(target, "w:gz") as tar:
-        for item in sorted(source_dir.iterdir()):
-            tar.add(item, arcname=item.name)
-    return target
-
-
-def extract_tarball(archive: Path, target: Path) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "r:gz") as tar:
-        tar.extractall(target, filter="data")
-    return target
+def read_evaluation(output_dir: Path) -> dict:
+    return json.loads((output_dir / EVALUATION_FILE).read_text())

@@ -15,15 +15,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from recsys.run import RunLayout
 from recsys.settings import Settings
-from recsys.storage import download, path_from_uri, upload
+from recsys.storage import download, pack, path_from_uri, upload
 from recsys.training.job import (
+    CHAMPION_CHANNEL,
     CHANNELS,
     TrainingFailed,
     TrainingJob,
     TrainingResult,
-    make_tarball,
-    read_output,
+    read_evaluation,
 )
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class LocalTraining:
         self.settings = settings
 
     def train(self, job: TrainingJob) -> TrainingResult:
-        root = self.settings.home / "training" / job.name
+        root = job.layout.scratch(job.name)
         if root.exists():  # a retry starts from a clean layout
             shutil.rmtree(root)
         self._prepare(job, root)
@@ -47,10 +48,10 @@ class LocalTraining:
         (config / "hyperparameters.json").write_text(json.dumps(job.hyperparameters, indent=2))
         data = root / "input" / "data"
         for channel in CHANNELS:
-            source = path_from_uri(self.settings, f"{job.dataset_uri}/{channel}/sessions.parquet")
+            source = path_from_uri(self.settings, RunLayout.split(job.dataset_uri, channel))
             download(source, data / channel / "sessions.parquet")
         if job.champion_artifact_uri:
-            download(path_from_uri(self.settings, job.champion_artifact_uri), data / "champion" / "model.tar.gz")
+            download(path_from_uri(self.settings, job.champion_artifact_uri), data / CHAMPION_CHANNEL / "model.tar.gz")
         (root / "model").mkdir()
         (root / "output").mkdir()
 
@@ -73,11 +74,12 @@ class LocalTraining:
             raise TrainingFailed(f"training job {job.name} failed (exit {proc.returncode}): {reason}")
 
     def _collect(self, job: TrainingJob, root: Path) -> TrainingResult:
-        archive = make_tarball(root / "model", root / "model.tar.gz")
-        model_uri = f"{job.output_uri}/{job.name}/output/model.tar.gz"
+        layout = job.layout
+        archive = pack(root / "model", root / "model.tar.gz")
+        model_uri = layout.model_artifact(job.name)
         upload(archive, path_from_uri(self.settings, model_uri))
         output_dir = root / "output" / "data"
         for item in output_dir.iterdir():
-            upload(item, path_from_uri(self.settings, f"{job.output_uri}/{job.name}/output/data/{item.name}"))
+            upload(item, path_from_uri(self.settings, layout.output(job.name, item.name)))
         log.info("model artifact: %s", model_uri)
-        return TrainingResult(job.name, model_uri, output_dir, read_output(output_dir))
+        return TrainingResult(job.name, model_uri, layout.predictions(job.name), output_dir, read_evaluation(output_dir))

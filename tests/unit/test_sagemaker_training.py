@@ -1,0 +1,154 @@
+"""SageMakerTraining.train end to end against botocore's Stubber (requests checked against
+the real API's shapes) and a local store holding what the job uploads: the model gate
+then reads the predictions the job produced, from the layout's place."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import boto3
+import pandas as pd
+import pytest
+from botocore.stub import Stubber
+
+from recsys import pipeline, tracking
+from recsys.run import RunContext
+from recsys.settings import Settings
+from recsys.storage import pack, path_from_uri, upload
+from recsys.training import TrainingFailed, TrainingJob
+from recsys.training.sagemaker import SageMakerTraining, training_config
+
+ROLE = "arn:aws:iam::123456789012:role/recsys-sagemaker"
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/recsys-model:1.0.0"
+NAME = "recsys-20260309-1a2b3c4d"
+CREATED = dt.datetime(2026, 3, 10, 2, 5)
+
+
+@pytest.fixture
+def settings(recsys_home, monkeypatch) -> Settings:
+    monkeypatch.setenv("RECSYS_SAGEMAKER_ROLE_ARN", ROLE)
+    monkeypatch.setenv("RECSYS_SAGEMAKER_IMAGE_URI", IMAGE)
+    return Settings.from_env()
+
+
+@pytest.fixture
+def context(settings) -> RunContext:
+    run = tracking.Run.start(settings, dag_id="recsys_retrain", airflow_run_id="scheduled__2026-03-10T02:00:00+00:00",
+                             tags={})
+    return RunContext(dag_id="recsys_retrain", run_id="scheduled__2026-03-10T02:00:00+00:00",
+                      window_start=dt.date(2026, 3, 6), window_end=dt.date(2026, 3, 9),
+                      mlflow_run_id=run.run_id, mlflow_url=run.url)
+
+
+def _job(settings: Settings, context: RunContext) -> TrainingJob:
+    layout = context.layout(settings)
+    return TrainingJob(name=NAME, dataset_uri=layout.dataset, layout=layout,
+                       hyperparameters={"model_version": NAME, "top_k": "20"})
+
+
+def _upload_job_outputs(settings, layout, name, tmp_path, challenger_ranks) -> None:
+    """What SageMaker leaves in S3 after a job: model.tar.gz, and output.tar.gz holding
+    /opt/ml/output/data."""
+    data = tmp_path / name / "data"
+    data.mkdir(parents=True)
+    n = len(challenger_ranks)
+    pd.DataFrame({
+        "session_id": [f"s{i}" for i in range(n)], "position": [1] * n,
+        "challenger_rank": pd.array(challenger_ranks, dtype="Int32"),
+        "baseline_rank": pd.array([None] * (n - 1) + [19], dtype="Int32"),
+        "champion_rank": pd.array([None] * n, dtype="Int32"),
+    }).to_parquet(data / "test_predictions.parquet")
+    (data / "evaluation.json").write_text(json.dumps({"challenger": {"test_hr_at_20": 0.9}}))
+    upload(pack(data, tmp_path / name / "output.tar.gz"), path_from_uri(settings, layout.packed_outputs(name)))
+
+
+def _summary(name: str, status: str) -> dict:
+    return {"TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{name}",
+            "CreationTime": CREATED, "TrainingJobStatus": status}
+
+
+def _described(settings, layout, name: str, status: str, reason: str | None = None) -> dict:
+    described = {
+        "TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{name}",
+        "TrainingJobStatus": status, "SecondaryStatus": status, "CreationTime": CREATED,
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 14400},
+        "ModelArtifacts": {"S3ModelArtifacts": layout.model_artifact(name)},
+    }
+    if reason:
+        described["FailureReason"] = reason
+    return described
+
+
+def _client():
+    return boto3.client("sagemaker", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+
+
+def test_a_sagemaker_job_feeds_the_model_gate_from_the_layout(settings, context, tmp_path):
+    job = _job(settings, context)
+    layout = job.layout
+    _upload_job_outputs(settings, layout, NAME, tmp_path, challenger_ranks=[1, 2, 3, None, 5])
+    client = _client()
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": []}, {"NameContains": NAME, "MaxResults": 100})
+        stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{NAME}"},
+                          training_config(settings, job))
+        for _ in range(2):  # the waiter's poll, then the final read
+            stub.add_response("describe_training_job", _described(settings, layout, NAME, "Completed"),
+                              {"TrainingJobName": NAME})
+        result = SageMakerTraining(settings, client).train(job)
+        stub.assert_no_pending_responses()
+
+    assert result.predictions_uri == layout.predictions(NAME)
+    assert result.predictions_uri == f"{settings.store_url}/runs/{context.key}/training/{NAME}/output/data/test_predictions.parquet"
+    assert path_from_uri(settings, result.predictions_uri).exists()
+    assert result.model_artifact_uri == layout.model_artifact(NAME)
+    assert result.evaluation == {"challenger": {"test_hr_at_20": 0.9}}
+
+    trained = pipeline.Trained(job_name=result.job_name, registry_version="1", model_artifact_uri=result.model_artifact_uri,
+                               predictions_uri=result.predictions_uri, evaluation=result.evaluation)
+    verdict = pipeline.model_gate(context.to_xcom(), trained.to_xcom())
+    assert verdict["passed"] is True
+    assert verdict["summary"]["n_test_examples"] == 5
+    assert verdict["summary"]["challenger_hr_at_20"] == pytest.approx(0.8)
+    assert path_from_uri(settings, layout.report("model_report.html")).exists()
+
+
+def test_a_retry_attaches_to_the_job_still_running(settings, context, tmp_path):
+    """A retried task must not start a second GPU job beside the one still running."""
+    job = _job(settings, context)
+    _upload_job_outputs(settings, job.layout, NAME, tmp_path, challenger_ranks=[1])
+    client = _client()
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(NAME, "InProgress")]},
+                          {"NameContains": NAME, "MaxResults": 100})
+        stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "InProgress"),
+                          {"TrainingJobName": NAME})
+        for _ in range(2):
+            stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "Completed"),
+                              {"TrainingJobName": NAME})
+        result = SageMakerTraining(settings, client).train(job)  # no create_training_job stubbed: none may be sent
+        stub.assert_no_pending_responses()
+    assert result.job_name == NAME
+
+
+def test_a_failed_job_is_retried_under_a_new_name_and_its_reason_reported(settings, context, tmp_path):
+    job = _job(settings, context)
+    client = _client()
+    retry = f"{NAME}-r1"
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(NAME, "Failed")]},
+                          {"NameContains": NAME, "MaxResults": 100})
+        stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "Failed", "AlgorithmError: x"),
+                          {"TrainingJobName": NAME})
+        stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{retry}"},
+                          training_config(settings, job) | {"TrainingJobName": retry})
+        for _ in range(2):  # the waiter stops at Failed; the final read carries the reason
+            stub.add_response("describe_training_job",
+                              _described(settings, job.layout, retry, "Failed", "AlgorithmError: epochs must be >= 1"),
+                              {"TrainingJobName": retry})
+        with pytest.raises(TrainingFailed, match=f"{retry} Failed: AlgorithmError: epochs must be >= 1"):
+            SageMakerTraining(settings, client).train(job)
+        stub.assert_no_pending_responses()
