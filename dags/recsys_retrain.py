@@ -97,9 +97,9 @@ def recsys_retrain():
         return pipeline.train_model(run, dataset)
 
     @task
-    def model_gate(run: dict, trained: dict) -> dict:
+    def model_gate(run: dict, dataset: dict, trained: dict) -> dict:
         from recsys import pipeline
-        return pipeline.model_gate(run, trained)
+        return pipeline.model_gate(run, dataset, trained)
 
     @task.short_circuit
     def newer_than_champion(run: dict) -> bool:
@@ -121,7 +121,7 @@ def recsys_retrain():
     dataset = export_dataset(run)
     data_checked = data_gate(run, dataset)
     trained = train_model(run, dataset)
-    model_checked = model_gate(run, trained)
+    model_checked = model_gate(run, dataset, trained)
     newest = newer_than_champion(run)
     deployed = update_endpoint(run, dataset, trained)
     promoted = promote_champion(run, trained)

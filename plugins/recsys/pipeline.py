@@ -130,13 +130,15 @@ def train_model(run: dict, dataset: dict) -> dict:
                    predictions_uri=result.predictions_uri, evaluation=result.evaluation).to_xcom()
 
 
-def model_gate(run: dict, trained: dict) -> dict:
+def model_gate(run: dict, dataset: dict, trained: dict) -> dict:
     settings, context, mlflow_run = _open(run)
     challenger = Trained.from_xcom(trained)
     predictions = read_parquet(path_from_uri(settings, challenger.predictions_uri))
     result = model_checks.evaluate(
-        predictions, k=settings.top_k, max_regression=settings.gate_max_regression,
-        report_dir=context.layout(settings).report_dir,
+        predictions,
+        export.load_sessions(settings, dataset["uri"], splits=("train",)),
+        export.load_sessions(settings, dataset["uri"], splits=("test",)),
+        k=settings.top_k, report_dir=context.layout(settings).report_dir,
     )
     return _settle(settings, context, mlflow_run, result)
 
@@ -230,7 +232,7 @@ def _comparable_champion(settings: Settings, context: RunContext) -> tracking.Ch
     holdout = context.holdout_day.isoformat()
     if champion is not None and champion.trained_after(holdout):
         log.info("champion %s saw this run's holdout day %s (its window ends %s): the challenger is "
-                 "compared against the most-popular baseline only", champion.model_version, holdout,
+                 "compared against the baselines only", champion.model_version, holdout,
                  champion.window_end)
         return None
     return champion

@@ -13,9 +13,9 @@ import pytest
 from botocore.stub import Stubber
 
 from recsys import pipeline, tracking
-from recsys.run import RunContext
+from recsys.run import RunContext, RunLayout
 from recsys.settings import Settings
-from recsys.storage import pack, path_from_uri, upload
+from recsys.storage import pack, path_from_uri, upload, write_parquet
 from recsys.training import TrainingFailed, TrainingJob
 from recsys.training.sagemaker import SageMakerTraining, training_config
 
@@ -107,9 +107,15 @@ def test_a_sagemaker_job_feeds_the_model_gate_from_the_layout(settings, context,
     assert result.model_artifact_uri == layout.model_artifact(NAME)
     assert result.evaluation == {"challenger": {"test_hr_at_20": 0.9}}
 
+    # the run's dataset, whose holdout the job scored: five two-item sessions
+    test = pd.DataFrame({"session_id": [f"s{i}" for i in range(5)], "session_date": "2026-03-09",
+                         "items": [[f"a{i}", f"b{i}"] for i in range(5)]})
+    train = pd.DataFrame({"session_id": ["t0", "t1"], "session_date": "2026-03-07", "items": [["a0", "c"], ["c", "d"]]})
+    for split, frame in (("train", train), ("validation", train), ("test", test)):
+        write_parquet(path_from_uri(settings, RunLayout.split(layout.dataset, split)), frame)
     trained = pipeline.Trained(job_name=result.job_name, registry_version="1", model_artifact_uri=result.model_artifact_uri,
                                predictions_uri=result.predictions_uri, evaluation=result.evaluation)
-    verdict = pipeline.model_gate(context.to_xcom(), trained.to_xcom())
+    verdict = pipeline.model_gate(context.to_xcom(), {"uri": layout.dataset}, trained.to_xcom())
     assert verdict["passed"] is True
     assert verdict["summary"]["n_test_examples"] == 5
     assert verdict["summary"]["challenger_hr_at_20"] == pytest.approx(0.8)
