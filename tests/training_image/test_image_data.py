@@ -11,7 +11,16 @@ import pytest
 
 from image_synthetic import make_sessions, write_channel
 from recsys_model.contract import Hyperparameters, TrainingError
-from recsys_model.data import OOV, PAD, Vocabulary, build_vocabulary, item_counts, read_channel, training_sequences
+from recsys_model.data import (
+    OOV,
+    PAD,
+    Vocabulary,
+    build_vocabulary,
+    item_counts,
+    model_input,
+    read_channel,
+    training_sequences,
+)
 
 
 def _write(directory: Path, table: pa.Table, name: str = "part.parquet") -> None:
@@ -103,8 +112,10 @@ def test_long_sessions_become_windows_and_unknown_targets_are_ignored():
     assert y.tolist() == [[3, 4, 5], [6, 7, 8], [9, PAD, PAD], [PAD, 5, PAD]]
 
 
-def test_model_ranks_match_reading_each_truncated_prefix_alone(tmp_path: Path, monkeypatch):
-    """The batched evaluation equals scoring every prefix on its own, as the server does."""
+def test_model_ranks_match_reading_each_prefix_alone_as_the_server_reads_it(tmp_path: Path, monkeypatch):
+    """The batched evaluation equals scoring every prefix on its own, read as the server reads
+    a session (model_input: unknown SKUs dropped, the last max_len known items); a prefix
+    without a known SKU is answered with the popularity ranking."""
     import keras
 
     from recsys_model import evaluate
@@ -113,27 +124,46 @@ def test_model_ranks_match_reading_each_truncated_prefix_alone(tmp_path: Path, m
 
     monkeypatch.setattr(evaluate, "_MAX_ROWS", 7)  # many small scoring calls
 
-    write_channel(tmp_path / "t", make_sessions(25, seed=3, prefix="t"))
-    sessions = read_channel(tmp_path / "t", "t")
-    counts = item_counts(sessions)
+    rows = make_sessions(25, seed=3, prefix="t")
+    write_channel(tmp_path / "t", rows)
+    counts = item_counts(read_channel(tmp_path / "t", "t"))
     vocab = build_vocabulary(counts[:-5], 1)  # a few SKUs left out: unknown targets must miss
+    unknown, known = [sku for sku, _ in counts[-5:]], vocab.items
+    rows += _rows(
+        # unknown SKUs inside a prefix longer than max_len
+        [unknown[0], known[0], unknown[1], known[1], known[2], unknown[2], known[3], known[4], known[5], known[6]],
+        [unknown[0], known[3], known[7]],  # no known SKU before the first target: popularity answers
+        [unknown[0], unknown[1], unknown[2]],  # nothing known at all
+        [unknown[3], unknown[4], known[-1]],  # a cold prefix whose target is not among the popular
+    )
+    write_channel(tmp_path / "u", rows)
+    sessions = read_channel(tmp_path / "u", "u")
+    popular = [sku for sku, _ in counts[:20]]
     hp = Hyperparameters(model_version="v", embedding_dim=8, hidden_units=8, max_len=3)
     keras.utils.set_random_seed(1)
     network = build_model(vocab.size, hp)
-    ranks = model_ranks(Scorer(network), vocab, hp.max_len, sessions)
+    ranks = model_ranks(Scorer(network), vocab, hp.max_len, sessions, popular)
 
     ids = vocab.encode(sessions.skus)
-    expected = []
+    skus = sessions.skus.to_pylist()
+    expected, dropped, cold = [], 0, 0
     for s in range(len(sessions)):
-        session = ids[sessions.offsets[s] : sessions.offsets[s + 1]]
+        start, end = sessions.offsets[s], sessions.offsets[s + 1]
+        session = ids[start:end]
         for i in range(1, len(session)):
-            prefix = session[max(0, i - hp.max_len) : i]
-            logits = np.array(network(prefix[None, :]))[0, -1]
-            logits[:2] = -np.inf
+            prefix = model_input(session[:i], hp.max_len)
+            dropped += OOV in session[max(0, i - hp.max_len) : i]
             target = session[i]
-            if target == OOV:
+            if len(prefix) == 0:
+                cold += 1
+                target_sku = skus[start + i]
+                rank = popular.index(target_sku) + 1 if target_sku in popular else 0
+                expected.append((rank, rank))
+            elif target == OOV:
                 expected.append((0, 0))
             else:
+                logits = np.array(network(prefix[None, :]))[0, -1]
+                logits[:2] = -np.inf
                 # batch shapes may change the last float bit: allow near-ties either way
                 best, worst = (logits > logits[target] + 1e-5).sum(), (logits > logits[target] - 1e-5).sum()
                 expected.append((int(best) + 1, int(worst) + 1))
@@ -142,6 +172,10 @@ def test_model_ranks_match_reading_each_truncated_prefix_alone(tmp_path: Path, m
         assert low <= rank <= high
     assert (ranks == 0).any() and (ranks > 0).any()
     assert any(length > hp.max_len + 1 for length in sessions.lengths)
+    assert dropped and cold >= 4
+    assert len(known) > len(popular) and known[3] in popular and known[-1] not in popular
+    assert ranks[-6] == 4  # known[3], answered by the popularity ranking
+    assert ranks[-4:].tolist() == [0, 0, 0, 0]  # the last two sessions: targets not in it
 
 
 def test_metrics_and_popularity_ranks(tmp_path: Path):

@@ -139,6 +139,128 @@ def test_malformed_requests_are_rejected_with_a_reason(client, body, named):
     assert named in response.json()["error"]
 
 
+@pytest.mark.parametrize(
+    "payload, named",
+    [
+        ({"sessions": []}, "sessions must hold at least one session"),
+        ({"sessions": [["sku-001"], ["sku-001"] * 201]}, "sessions[1] has too many SKUs: 201 > 200"),
+        ({"sessions": [["sku-001", "x" * 129]]}, "sessions[0][1] is too long: a SKU has at most 128 characters"),
+        ({"sessions": [[None]]}, "sessions[0][0] must be a SKU string"),
+        ({"sessions": [["sku-001"]], "k": 2.0}, "k must be an integer"),
+    ],
+)
+def test_request_limits_are_enforced_with_a_reason(client, payload, named):
+    response = client.post("/invocations", json=payload)
+    assert response.status_code == 400
+    assert named in response.json()["error"]
+    assert "Traceback" not in response.text and "pydantic" not in response.text
+
+
+def test_requests_at_the_limits_are_served(client):
+    session = ["sku-001"] * 199 + ["y" * 128]  # 200 SKUs, the last one 128 characters long
+    assert len(_recommend(client, [session], k=1)[0]) == 1
+
+
+def test_several_problems_are_reported_together(client):
+    response = client.post("/invocations", json={"sessions": [["sku-001", 1]], "k": 0, "top": 5})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    for named in ("unknown field(s): top", "sessions[0][1] must be a SKU string", "k must be between 1 and 100"):
+        assert named in error
+
+
+MAX_BODY = 6 * 1024 * 1024
+
+
+def test_a_body_over_6_mb_is_refused_before_it_is_parsed(client):
+    # Not even JSON: a 400 would mean it was parsed; 413 is answered first.
+    body = b"{not json" + b" " * MAX_BODY
+    response = client.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "at most 6291456 bytes" in response.json()["error"]
+
+
+def test_a_body_without_content_length_is_counted_while_read(client):
+    def chunks(total: int):
+        chunk = b" " * 65536
+        for _ in range(total // len(chunk)):
+            yield chunk
+
+    response = client.post("/invocations", content=chunks(MAX_BODY + 65536))
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert response.status_code == 413
+    # a body within the limit, streamed the same way, is served
+    body = json.dumps({"sessions": [["sku-010"]], "k": 3}).encode()
+    response = client.post("/invocations", content=iter([body[:10], body[10:]]))
+    assert response.status_code == 200, response.text
+    assert len(response.json()["recommendations"][0]) == 3
+
+
+def test_a_declared_content_length_over_6_mb_is_refused_without_reading(client):
+    response = client.post(
+        "/invocations",
+        content=iter([b'{"sessions": [["sku-010"]]}']),
+        headers={"Content-Length": str(MAX_BODY + 1)},
+    )
+    assert response.status_code == 413
+
+
+def test_openapi_publishes_the_request_schema_with_its_limits(client):
+    operation = client.get("/openapi.json").json()["paths"]["/invocations"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["additionalProperties"] is False and schema["required"] == ["sessions"]
+    sessions = schema["properties"]["sessions"]
+    assert (sessions["minItems"], sessions["maxItems"]) == (1, 1000)
+    assert sessions["items"]["maxItems"] == 200
+    assert sessions["items"]["items"] == {"type": "string", "maxLength": 128}
+    k = schema["properties"]["k"]
+    assert (k["type"], k["minimum"], k["maximum"], k["default"]) == ("integer", 1, 100, 20)
+    assert {"200", "400", "413", "503"} <= set(operation["responses"])
+
+
+def test_evaluation_reads_sessions_as_the_server_does(models, tmp_path: Path):
+    """Training-time evaluation ranks every target where the server's answer to its prefix
+    puts it: unknown SKUs dropped, the last max_len known items read, and a prefix without
+    a known SKU answered with the most popular items."""
+    from image_synthetic import make_sessions, write_channel
+    from recsys_model.bundle import load_model_dir
+    from recsys_model.data import read_channel
+    from recsys_model.evaluate import model_ranks
+    from recsys_model.serve import ServingModel
+
+    bundle = load_model_dir(models["v1"])
+    rows = make_sessions(60, seed=5, prefix="mixed")
+    for n, row in enumerate(rows):  # unknown SKUs sprinkled in, some sessions starting with them
+        row["items"] = [f"new-{n}-{i}" if (i + n) % 4 == 0 else sku for i, sku in enumerate(row["items"])]
+    rows += [
+        {"session_id": "cold", "session_date": "2025-03-01", "items": ["new-a", "new-b", "sku-010", "sku-073"]},
+        {"session_id": "long", "session_date": "2025-03-01",
+         "items": [sku for i in range(12) for sku in (f"sku-{i:03d}", f"new-{i}")] + ["sku-050"]},
+    ]
+    write_channel(tmp_path / "mixed", rows)
+    sessions = read_channel(tmp_path / "mixed", "mixed")
+    ranks = model_ranks(bundle.scorer, bundle.vocab, bundle.max_len, sessions, bundle.popularity.skus)
+
+    prefixes = [row["items"][:i] for row in rows for i in range(1, len(row["items"]))]
+    targets = [row["items"][i] for row in rows for i in range(1, len(row["items"]))]
+    assert len(prefixes) == len(ranks) <= 1000
+    answers = ServingModel(bundle).recommend(prefixes, 100)  # every one of the 100 items
+    known = set(bundle.vocab.items)
+    cold_hits = 0
+    for prefix, target, rank, answer in zip(prefixes, targets, ranks.tolist(), answers):
+        served = [r["sku"] for r in answer]
+        if target not in served:
+            assert target not in known and rank == 0
+            continue
+        position = served.index(target) + 1
+        # equal, or a tie the two computations may order differently
+        assert rank >= 1
+        assert rank == position or answer[rank - 1]["score"] == pytest.approx(answer[position - 1]["score"], rel=1e-4)
+        cold_hits += not any(sku in known for sku in prefix)
+    assert cold_hits >= 2  # answered by popularity, as the server answers them
+    assert (ranks == 0).any()
+
+
 def test_a_full_request_of_1000_sessions_is_served(client):
     recommendations = _recommend(client, [["sku-001", "sku-010"]] * 999 + [[]], k=100)
     assert all(len(r) == 100 for r in recommendations)

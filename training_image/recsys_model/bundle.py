@@ -40,6 +40,11 @@ class Popularity:
     items: list[tuple[str, int]]
     total_interactions: int
 
+    @property
+    def skus(self) -> list[str]:
+        """The popularity ranking: what a model answers for a session without a known SKU."""
+        return [sku for sku, _ in self.items]
+
     def share(self, count: int) -> float:
         return count / self.total_interactions if self.total_interactions else 0.0
 

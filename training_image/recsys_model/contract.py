@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 ROOT_ENV = "RECSYS_ML_ROOT"
 DEFAULT_ROOT = "/opt/ml"
@@ -60,130 +62,124 @@ class Paths:
         return self.root / "output" / "failure"
 
 
-@dataclasses.dataclass(frozen=True)
-class Hyperparameters:
-    model_version: str
-    epochs: int = 5
-    batch_size: int = 256
-    embedding_dim: int = 64
-    hidden_units: int = 128
-    learning_rate: float = 0.002
-    max_len: int = 50
-    top_k: int = 20
-    seed: int = 7
-    min_item_count: int = 1
-    patience: int = 2
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# Smallest accepted value of each numeric hyperparameter.
-_MINIMUMS: dict[str, float] = {
-    "epochs": 1,
-    "batch_size": 1,
-    "embedding_dim": 1,
-    "hidden_units": 1,
-    "max_len": 1,
-    "top_k": 1,
-    "min_item_count": 1,
-    "patience": 0,
-}
-
 # Keys SageMaker itself may add to hyperparameters.json; they are not ours to judge.
 _PLATFORM_PREFIX = "sagemaker_"
 
 
-def parse_hyperparameters(raw: Any) -> Hyperparameters:
-    """Turn the hyperparameters mapping into typed values.
+class Hyperparameters(BaseModel):
+    """The job's hyperparameters, declared once: types, defaults, bounds and meaning.
 
-    SageMaker delivers every value as a string, so strings are parsed; plain JSON
-    numbers are accepted too for hand-written files.
+    SageMaker delivers every value as a string, so numeric strings are coerced
+    ("5", " 5 ", "5.0" for an integer); plain JSON numbers are accepted too for
+    hand-written files. Booleans are never numbers here.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    model_version: str = Field(
+        min_length=1,
+        max_length=256,
+        description="name that travels with the model, e.g. the training job name",
+    )
+    epochs: int = Field(5, ge=1, description="maximum training epochs")
+    batch_size: int = Field(256, ge=1, description="sequences per gradient step")
+    embedding_dim: int = Field(64, ge=1, description="item embedding size")
+    hidden_units: int = Field(128, ge=1, description="GRU state size")
+    learning_rate: float = Field(0.002, gt=0, description="Adam learning rate")
+    max_len: int = Field(50, ge=1, description="most recent items the model reads")
+    top_k: int = Field(20, ge=1, le=100, description="k of HR@k / MRR@k")
+    seed: int = Field(7, ge=0, le=2**32 - 1, description="seeds initialisation and shuffling")
+    min_item_count: int = Field(1, ge=1, description="train occurrences an item needs to enter the vocabulary")
+    patience: int = Field(
+        2, ge=0, description="epochs without validation MRR@k gain before stopping; 0 never stops early"
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strings_and_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        # bool is an int in Python but never a meaningful value here.
+        if isinstance(value, bool):
+            raise PydanticCustomError("bool_not_accepted", "booleans are not accepted")
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if cls.model_fields[info.field_name].annotation is int:
+            # Some tools serialise every number as a float: "5.0" and "1e3" are integers too.
+            try:
+                return int(value)
+            except ValueError:
+                pass
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            return int(number) if number.is_integer() else value
+        return value
+
+    @field_validator("model_version")
+    @classmethod
+    def _model_version(cls, value: str) -> str:
+        if any(c in value for c in "/\\\n\r\t"):
+            raise PydanticCustomError("model_version_characters", "slashes or control characters")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def parse_hyperparameters(raw: Any) -> Hyperparameters:
+    """Validate the hyperparameters mapping into typed values.
+
+    Raises TrainingError with one sentence per problem, each naming its hyperparameter.
     """
     if not isinstance(raw, dict):
         raise TrainingError(
             f"hyperparameters.json must hold a JSON object, got {type(raw).__name__}."
         )
-    fields = {f.name: f for f in dataclasses.fields(Hyperparameters)}
-    unknown = sorted(k for k in raw if k not in fields and not k.startswith(_PLATFORM_PREFIX))
+    ours = {key: value for key, value in raw.items() if not str(key).startswith(_PLATFORM_PREFIX)}
+    try:
+        return Hyperparameters.model_validate(ours)
+    except ValidationError as exc:
+        raise TrainingError(_describe(exc.errors(), ours)) from None
+
+
+def _describe(errors: list[Any], raw: dict[str, Any]) -> str:
+    """Pydantic's errors as sentences an operator can act on, unknown keys first."""
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    sentences = []
     if unknown:
-        raise TrainingError(
+        sentences.append(
             f"Unknown hyperparameter(s): {', '.join(unknown)}. "
-            f"Accepted hyperparameters: {', '.join(fields)}."
+            f"Accepted hyperparameters: {', '.join(Hyperparameters.model_fields)}."
         )
+    for error in errors:
+        if error["type"] != "extra_forbidden":
+            name = str(error["loc"][0])
+            sentences.append(_sentence(name, error["type"], error.get("ctx") or {}, raw.get(name)))
+    return " ".join(dict.fromkeys(sentences))
 
-    values: dict[str, Any] = {}
-    for name, field in fields.items():
-        if name not in raw:
-            continue
-        value = raw[name]
-        if name == "model_version":
-            values[name] = _parse_model_version(value)
-        elif isinstance(field.default, float):
-            values[name] = _parse_number(name, value, float)
-        else:
-            values[name] = _parse_number(name, value, int)
 
-    if "model_version" not in values:
-        raise TrainingError(
-            "Missing required hyperparameter model_version "
-            "(the name that travels with the trained model, e.g. the training job name)."
-        )
-    learning_rate = values.get("learning_rate", 1.0)
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise TrainingError(
-            f"Hyperparameter learning_rate must be a positive number, got {raw['learning_rate']!r}."
-        )
-    for name, minimum in _MINIMUMS.items():
-        if name in values and values[name] < minimum:
-            raise TrainingError(
-                f"Hyperparameter {name} must be >= {minimum:g}, got {values[name]}."
+def _sentence(name: str, kind: str, ctx: dict[str, Any], value: Any) -> str:
+    if name == "model_version":
+        if kind == "missing":
+            return (
+                "Missing required hyperparameter model_version "
+                "(the name that travels with the trained model, e.g. the training job name)."
             )
-    return Hyperparameters(**values)
-
-
-def _parse_model_version(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise TrainingError(
-            f"Hyperparameter model_version must be a non-empty string, got {value!r}."
-        )
-    if len(value) > 256 or any(c in value for c in "/\\\n\r\t"):
-        raise TrainingError(
-            f"Hyperparameter model_version {value!r} must be at most 256 characters "
-            "without slashes or control characters."
-        )
-    return value.strip()
-
-
-def _parse_number(name: str, value: Any, kind: type) -> int | float:
-    # bool is an int in Python but never a meaningful value here.
-    if isinstance(value, bool):
-        raise TrainingError(f"Hyperparameter {name} must be {_kind_word(kind)}, got {value!r}.")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return kind(text)
-        except ValueError:
-            # Allow "5.0" for integers: some tools serialise every number as a float.
-            if kind is int:
-                try:
-                    as_float = float(text)
-                except ValueError:
-                    as_float = None
-                if as_float is not None and as_float.is_integer():
-                    return int(as_float)
-            raise TrainingError(
-                f"Hyperparameter {name} must be {_kind_word(kind)}, got {value!r}."
-            ) from None
-    if isinstance(value, (int, float)):
-        if kind is int and not float(value).is_integer():
-            raise TrainingError(f"Hyperparameter {name} must be an integer, got {value!r}.")
-        return kind(value)
-    raise TrainingError(f"Hyperparameter {name} must be {_kind_word(kind)}, got {value!r}.")
-
-
-def _kind_word(kind: type) -> str:
-    return "an integer" if kind is int else "a number"
+        if isinstance(value, str) and value.strip():
+            return (
+                f"Hyperparameter model_version {value!r} must be at most 256 characters "
+                "without slashes or control characters."
+            )
+        return f"Hyperparameter model_version must be a non-empty string, got {value!r}."
+    if name == "learning_rate":
+        return f"Hyperparameter learning_rate must be a positive number, got {value!r}."
+    if kind == "greater_than_equal":
+        return f"Hyperparameter {name} must be >= {ctx['ge']}, got {value!r}."
+    if kind == "less_than_equal":
+        return f"Hyperparameter {name} must be <= {ctx['le']}, got {value!r}."
+    word = "an integer" if Hyperparameters.model_fields[name].annotation is int else "a number"
+    return f"Hyperparameter {name} must be {word}, got {value!r}."
 
 
 def load_hyperparameters(paths: Paths) -> Hyperparameters:

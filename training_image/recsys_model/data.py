@@ -151,8 +151,14 @@ class Vocabulary:
         return self.items[index - FIRST_ITEM]
 
     def encode(self, skus: pa.Array) -> np.ndarray:
+        """Index of every SKU, OOV for those outside the vocabulary (vectorised)."""
         positions = pc.index_in(skus, value_set=self._value_set)
         return np.asarray(pc.fill_null(pc.add(positions, FIRST_ITEM), OOV), dtype=np.int32)
+
+    def encode_session(self, skus: list[str]) -> np.ndarray:
+        """Index of every SKU of one short session, OOV for those outside the vocabulary."""
+        index = self.index
+        return np.fromiter((index.get(sku, OOV) for sku in skus), dtype=np.int32, count=len(skus))
 
     def to_json(self) -> dict:
         return {"pad_index": PAD, "oov_index": OOV, "first_item_index": FIRST_ITEM, "items": self.items}
@@ -201,6 +207,18 @@ def training_sequences(ids: np.ndarray, offsets: np.ndarray, max_len: int) -> tu
         y[row, : len(window) - 1] = window[1:]
     y[y == OOV] = PAD
     return x, y
+
+
+def known_items(ids: np.ndarray) -> np.ndarray:
+    """The items of a session a model reads: SKUs outside its vocabulary are dropped."""
+    return ids[ids >= FIRST_ITEM]
+
+
+def model_input(ids: np.ndarray, max_len: int) -> np.ndarray:
+    """What a model reads for a session (or a session prefix): its known items, the most
+    recent max_len of them. Serving and evaluation both follow this rule; when it leaves
+    nothing, the answer is the most popular items (see evaluate.model_ranks and serve)."""
+    return known_items(ids)[-max_len:]
 
 
 def pad_right(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

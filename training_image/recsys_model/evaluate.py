@@ -1,20 +1,22 @@
 """Offline evaluation: next-item prediction at every position of every session.
 
-For a session [a, b, c, d] the examples are a->b, ab->c, abc->d. Each model ranks
-its whole vocabulary after reading the prefix (at most its max_len most recent
-items, exactly as the server does); the metrics are HR@k (= Recall@k with one
-target) and MRR@k. A target outside the model's vocabulary is a miss.
+For a session [a, b, c, d] the examples are a->b, ab->c, abc->d. Each model reads
+the prefix exactly as the server reads a request (`data.model_input`: SKUs outside
+its vocabulary dropped, then at most its max_len most recent items) and ranks its
+whole vocabulary; a prefix with no known SKU is answered, as the server answers
+it, with the model's most popular items. The metrics are HR@k (= Recall@k with
+one target) and MRR@k. A target the model cannot recommend is a miss.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .data import Sessions, Vocabulary, pad_right
+from .data import FIRST_ITEM, Sessions, Vocabulary, pad_right
 from .model import Scorer
 
 # Per scoring call: at most this many logits (examples x vocabulary) and input rows,
@@ -36,39 +38,66 @@ def example_positions(sessions: Sessions) -> np.ndarray:
     return (np.arange(sessions.n_interactions) - starts)[target_indices(sessions)]
 
 
-def model_ranks(scorer: Scorer, vocab: Vocabulary, max_len: int, sessions: Sessions) -> np.ndarray:
-    """Full-vocabulary 1-based rank of each example's target; 0 where the target is unknown."""
+def model_ranks(
+    scorer: Scorer, vocab: Vocabulary, max_len: int, sessions: Sessions, popular: Sequence[str]
+) -> np.ndarray:
+    """1-based rank of each example's target in the model's answer to its prefix; 0 for a miss.
+
+    A prefix with known SKUs is ranked over the whole vocabulary (0 where the target is
+    unknown); a prefix without any is answered with `popular`, the model's popularity
+    ranking (0 where the target is not in it).
+    """
     ids = vocab.encode(sessions.skus)
-    targets = ids[target_indices(sessions)]
+    target_at = target_indices(sessions)
+    targets = ids[target_at]
     ranks = np.zeros(sessions.n_examples, dtype=np.int32)
+    known = ids >= FIRST_ITEM
+    # Known items before each position, within its session.
+    before = np.cumsum(known) - known
+    before = before - np.repeat(before[sessions.offsets[:-1]], sessions.lengths)
+    n_read = before[target_at]
+    cold = np.flatnonzero(n_read == 0)
+    if len(cold):
+        ranks[cold] = _ranks_in(popular, sessions.skus.take(pa.array(target_at[cold])))
     budget = max(max_len, _LOGITS_BUDGET // scorer.vocab_size)
-    for inputs, rows_cols, examples in _batches(ids, sessions.offsets, max_len, budget):
+    for inputs, rows_cols, examples in _batches(ids, known, n_read, sessions.offsets, max_len, budget):
         items, _ = pad_right(inputs)
         ranks[examples] = scorer.target_ranks(items, rows_cols, targets[examples]).numpy()
     return ranks
 
 
-def _pieces(ids: np.ndarray, offsets: np.ndarray, max_len: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(input ids, output columns to read, example indices) covering every example once.
+def _pieces(
+    ids: np.ndarray, known: np.ndarray, n_read: np.ndarray, offsets: np.ndarray, max_len: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(input ids, output columns to read, example indices) covering every example with a
+    non-empty prefix once.
 
-    One pass over a session's first max_len items yields all its short prefixes;
-    each longer prefix is truncated to its last max_len items and read on its own.
+    An example whose prefix holds n known items reads the session's known items
+    [n - max_len, n) (`data.model_input` of the prefix). One pass over a session's first
+    max_len known items yields all its short prefixes; each longer one is read on its own.
     """
     for s in range(len(offsets) - 1):
-        session = ids[offsets[s] : offsets[s + 1]]
-        first_example = offsets[s] - s  # examples of earlier sessions: sum of (length - 1)
-        head = session[: min(len(session) - 1, max_len)]
-        columns = np.arange(len(head), dtype=np.int32)
-        yield head, columns, first_example + columns
-        for target in range(max_len + 1, len(session)):
-            last_column = np.array([max_len - 1], np.int32)
-            yield session[target - max_len : target], last_column, np.array([first_example + target - 1])
+        start, end = offsets[s], offsets[s + 1]
+        first_example = start - s  # examples of earlier sessions: sum of (length - 1)
+        counts = n_read[first_example : first_example + end - start - 1]
+        examples = first_example + np.flatnonzero(counts)
+        if not len(examples):
+            continue
+        kept = ids[start:end][known[start:end]]
+        counts = counts[counts > 0]
+        short = counts <= max_len
+        if short.any():
+            head = kept[: min(int(counts[short].max()), max_len)]
+            yield head, (counts[short] - 1).astype(np.int32), examples[short]
+        last_column = np.array([max_len - 1], np.int32)
+        for n, example in zip(counts[~short].tolist(), examples[~short].tolist()):
+            yield kept[n - max_len : n], last_column, np.array([example])
 
 
-def _batches(ids, offsets, max_len, budget):
+def _batches(ids, known, n_read, offsets, max_len, budget):
     """Groups pieces into padded scoring calls of bounded size."""
     inputs, rows_cols, examples, size = [], [], [], 0
-    for piece, columns, piece_examples in _pieces(ids, offsets, max_len):
+    for piece, columns, piece_examples in _pieces(ids, known, n_read, offsets, max_len):
         rows = np.full(len(columns), len(inputs), dtype=np.int32)
         inputs.append(piece)
         rows_cols.append(np.stack([rows, columns], axis=1))
@@ -83,9 +112,12 @@ def _batches(ids, offsets, max_len, budget):
 
 def popularity_ranks(ranking: list[str], sessions: Sessions, k: int) -> np.ndarray:
     """Rank of each target in the fixed most-popular list; 0 where it is not in the top k."""
-    top = pa.array(ranking[:k], type=pa.string())
-    targets = sessions.skus.take(pa.array(target_indices(sessions)))
-    positions = pc.index_in(targets, value_set=top)
+    return _ranks_in(ranking[:k], sessions.skus.take(pa.array(target_indices(sessions))))
+
+
+def _ranks_in(ranking: Sequence[str], targets: pa.Array) -> np.ndarray:
+    """1-based position of each target SKU in ranking; 0 where it is not there."""
+    positions = pc.index_in(targets, value_set=pa.array(list(ranking), type=pa.string()))
     return np.asarray(pc.fill_null(pc.add(positions, 1), 0), dtype=np.int32)
 
 

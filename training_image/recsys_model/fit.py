@@ -1,10 +1,12 @@
-"""The training loop: Keras fit plus a per-epoch report on the validation channel."""
+"""The training loop: Keras fit, a per-epoch report on the validation channel, and
+Keras' own EarlyStopping on validation MRR@k."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -17,31 +19,32 @@ from .model import Scorer
 log = logging.getLogger("recsys_model.train")
 
 
-class EpochReport(keras.callbacks.Callback):
-    """Per epoch: validation HR/MRR over the full vocabulary, a log line, early stopping.
+class ValidationReport(keras.callbacks.Callback):
+    """Per epoch: validation HR@k / MRR@k over the full vocabulary, written into `logs`
+    (so callbacks after it, EarlyStopping among them, can read them), a log line and
+    an entry of the history."""
 
-    Keeps the weights of the epoch with the best validation MRR; training stops
-    after `patience` epochs in a row without improvement (0 = never stops early).
-    """
-
-    def __init__(self, scorer: Scorer, vocab: Vocabulary, validation: Sessions, hp: Hyperparameters):
+    def __init__(
+        self,
+        scorer: Scorer,
+        vocab: Vocabulary,
+        validation: Sessions,
+        popular: Sequence[str],
+        hp: Hyperparameters,
+    ):
         super().__init__()
-        self.scorer, self.vocab, self.validation, self.hp = scorer, vocab, validation, hp
-        self.monitor = f"val_mrr_at_{hp.top_k}"
+        self.scorer, self.vocab, self.validation, self.popular, self.hp = scorer, vocab, validation, popular, hp
         self.epochs: list[dict[str, Any]] = []
-        self.best_epoch = 0
-        self._best_score = -1.0
-        self._best_weights: list[np.ndarray] | None = None
-        self._since_best = 0
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        ranks = model_ranks(self.scorer, self.vocab, self.hp.max_len, self.validation)
+        ranks = model_ranks(self.scorer, self.vocab, self.hp.max_len, self.validation, self.popular)
         scores = metrics(ranks, self.hp.top_k, "val_")
+        logs = {} if logs is None else logs
+        logs.update(scores)
         entry = {
             "epoch": epoch + 1,
             "loss": float(logs.get("loss", float("nan"))),
@@ -56,29 +59,29 @@ class EpochReport(keras.callbacks.Callback):
             self.hp.epochs,
             " ".join(f"{key}={value:.4f};" for key, value in entry.items() if key != "epoch"),
         )
-        if scores[self.monitor] > self._best_score:
-            self._best_score = scores[self.monitor]
-            self.best_epoch = epoch + 1
-            self._best_weights = self.model.get_weights()
-            self._since_best = 0
-        else:
-            self._since_best += 1
-            if self.hp.patience and self._since_best >= self.hp.patience:
-                log.info(
-                    "early stop: %s has not improved for %d epoch(s); best epoch %d",
-                    self.monitor, self._since_best, self.best_epoch,
-                )
-                self.model.stop_training = True
 
-    def restore_best(self) -> None:
-        if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
-            log.info(
-                "keeping the weights of epoch %d (%s=%.4f)", self.best_epoch, self.monitor, self._best_score
-            )
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    monitor: str
+    best_epoch: int  # 1-based; its weights are the network's after fit
+    epochs: list[dict[str, Any]]
 
     def history(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "best_epoch": self.best_epoch, "epochs": self.epochs}
+
+
+def early_stopping(hp: Hyperparameters) -> keras.callbacks.EarlyStopping:
+    """Stops after `patience` epochs in a row without a validation MRR@k gain and, at
+    the end of training, restores the weights of the best epoch. patience=0 never stops
+    early (Keras would stop at the first epoch without gain), but still keeps the best
+    epoch's weights; `epochs` stays the ceiling either way."""
+    return keras.callbacks.EarlyStopping(
+        monitor=f"val_mrr_at_{hp.top_k}",
+        mode="max",
+        patience=hp.patience or hp.epochs,
+        restore_best_weights=True,
+    )
 
 
 def fit(
@@ -88,9 +91,11 @@ def fit(
     train: tuple[np.ndarray, np.ndarray],
     validation_sequences: tuple[np.ndarray, np.ndarray],
     validation: Sessions,
+    popular: Sequence[str],
     hp: Hyperparameters,
-) -> EpochReport:
-    report = EpochReport(scorer, vocab, validation, hp)
+) -> FitResult:
+    report = ValidationReport(scorer, vocab, validation, popular, hp)
+    stopper = early_stopping(hp)
     network.fit(
         *train,
         batch_size=hp.batch_size,
@@ -99,7 +104,13 @@ def fit(
         validation_batch_size=max(hp.batch_size, 256),
         shuffle=True,
         verbose=0,
-        callbacks=[report],
+        callbacks=[report, stopper],  # the report first: it writes the metric the stopper reads
     )
-    report.restore_best()
-    return report
+    best_epoch = stopper.best_epoch + 1
+    if stopper.stopped_epoch > 0:
+        log.info(
+            "early stop: %s has not improved for %d epoch(s); best epoch %d",
+            stopper.monitor, stopper.wait, best_epoch,
+        )
+    log.info("keeping the weights of epoch %d (%s=%.4f)", best_epoch, stopper.monitor, float(stopper.best))
+    return FitResult(monitor=stopper.monitor, best_epoch=best_epoch, epochs=report.epochs)

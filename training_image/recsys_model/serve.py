@@ -9,28 +9,63 @@ so requests never wait for or fail on a swap.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from .bundle import METADATA_FILE, MODEL_FILE, POPULARITY_FILE, VOCAB_FILE, ModelBundle, load_model_dir
 from .contract import Paths, configure_logging
-from .data import pad_right
+from .data import model_input, pad_right
 
 log = logging.getLogger("recsys_model.serve")
 
 DEFAULT_K = 20
 MAX_K = 100
 MAX_SESSIONS = 1000
+MAX_SESSION_ITEMS = 200
+MAX_SKU_CHARS = 128
+# SageMaker's own limit on an invocation payload.
+MAX_BODY_BYTES = 6 * 1024 * 1024
+
+Sku = Annotated[str, StringConstraints(max_length=MAX_SKU_CHARS)]
+Session = Annotated[list[Sku], Field(max_length=MAX_SESSION_ITEMS)]
+
+
+class InvocationRequest(BaseModel):
+    """POST /invocations: sessions to recommend for, each a list of SKUs in time order."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sessions: list[Session] = Field(
+        min_length=1,
+        max_length=MAX_SESSIONS,
+        description="sessions, each a list of SKU strings in time order (most recent last); "
+        "unknown SKUs are ignored, a session without a known SKU gets the most popular items",
+    )
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="recommendations per session")
+
+
+class Recommendation(BaseModel):
+    sku: str
+    score: float = Field(description="softmax probability (share of train interactions for popular items)")
+
+
+class InvocationResponse(BaseModel):
+    recommendations: list[list[Recommendation]] = Field(description="one list per session, best first")
+    model_version: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
 
 
 class RequestError(ValueError):
@@ -39,33 +74,73 @@ class RequestError(ValueError):
 
 def parse_request(body: bytes) -> tuple[list[list[str]], int]:
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise RequestError('request body must be a JSON object like {"sessions": [["sku", ...]], "k": 20}')
-    unknown = sorted(set(payload) - {"sessions", "k"})
-    if unknown:
-        raise RequestError(f"unknown field(s): {', '.join(unknown)}; accepted: sessions, k")
-    if "sessions" not in payload:
-        raise RequestError("missing field: sessions (a list of sessions, each a list of SKU strings)")
-    sessions = payload["sessions"]
-    if not isinstance(sessions, list):
-        raise RequestError(f"sessions must be a list of lists of SKU strings, got {type(sessions).__name__}")
-    if len(sessions) > MAX_SESSIONS:
-        raise RequestError(f"too many sessions: {len(sessions)} > {MAX_SESSIONS} per request")
-    for i, session in enumerate(sessions):
-        if not isinstance(session, list):
-            raise RequestError(f"sessions[{i}] must be a list of SKU strings, got {type(session).__name__}")
-        for j, sku in enumerate(session):
-            if not isinstance(sku, str):
-                raise RequestError(f"sessions[{i}][{j}] must be a SKU string, got {type(sku).__name__}")
-    k = payload.get("k", DEFAULT_K)
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise RequestError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
-    if not 1 <= k <= MAX_K:
-        raise RequestError(f"k must be between 1 and {MAX_K}, got {k}")
-    return sessions, k
+        request = InvocationRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestError(_describe(exc.errors(include_url=False))) from None
+    return request.sessions, request.k
+
+
+_EXAMPLE = '{"sessions": [["sku", ...]], "k": 20}'
+
+
+def _describe(errors: list[Any], shown: int = 3) -> str:
+    """Pydantic's errors as one message for the client, naming each field."""
+    unknown = [str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden"]
+    messages = [f"unknown field(s): {', '.join(unknown)}; accepted: sessions, k"] if unknown else []
+    messages += [_message(e) for e in errors if e["type"] != "extra_forbidden"]
+    messages = list(dict.fromkeys(messages))
+    more = f" (and {len(messages) - shown} more problem(s))" if len(messages) > shown else ""
+    return "; ".join(messages[:shown]) + more
+
+
+def _message(error: Any) -> str:
+    loc, kind, ctx = error["loc"], error["type"], error.get("ctx") or {}
+    value = error.get("input")
+    got = type(value).__name__
+    if kind == "json_invalid":
+        return f"request body is not valid JSON: {ctx.get('error', error['msg'])}"
+    if not loc:
+        return f"request body must be a JSON object like {_EXAMPLE}"
+    where = loc[0] + "".join(f"[{i}]" for i in loc[1:])
+    if loc[0] == "k":
+        if kind in ("greater_than_equal", "less_than_equal"):
+            return f"k must be between 1 and {MAX_K}, got {value!r}"
+        return f"k must be an integer between 1 and {MAX_K}, got {value!r}"
+    if kind == "missing":
+        return "missing field: sessions (a list of sessions, each a list of SKU strings)"
+    if len(loc) == 1:
+        if kind == "too_long":
+            return f"too many sessions: {ctx.get('actual_length', 'more')} > {MAX_SESSIONS} per request"
+        if kind == "too_short":
+            return "sessions must hold at least one session"
+        return f"sessions must be a list of lists of SKU strings, got {got}"
+    if len(loc) == 2:
+        if kind == "too_long":
+            n = ctx.get("actual_length", "more")
+            return f"{where} has too many SKUs: {n} > {MAX_SESSION_ITEMS} per session"
+        return f"{where} must be a list of SKU strings, got {got}"
+    if kind == "string_too_long":
+        return f"{where} is too long: a SKU has at most {MAX_SKU_CHARS} characters"
+    return f"{where} must be a SKU string, got {got}"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or BodyTooLarge as soon as it is known to exceed limit bytes:
+    from Content-Length when given, else by counting while reading."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class ServingModel:
@@ -75,7 +150,7 @@ class ServingModel:
         self.bundle = bundle
         self.model_version = bundle.model_version
         self.max_len = bundle.max_len
-        self._index = bundle.vocab.index
+        self._first_sku = bundle.vocab.items[0] if bundle.vocab.items else None
         self._skus = np.array([""] * 2 + bundle.vocab.items, dtype=object)
         popularity = bundle.popularity
         self._popular = [
@@ -84,19 +159,17 @@ class ServingModel:
 
     def warm_up(self) -> None:
         """Trace the scoring graph now rather than on the first request."""
-        if self._index:
-            self.recommend([[next(iter(self._index))], []], 1)
+        if self._first_sku is not None:
+            self.recommend([[self._first_sku], []], 1)
 
     def recommend(self, sessions: list[list[str]], k: int) -> list[list[dict[str, Any]]]:
-        known = []
-        for session in sessions:
-            ids = [self._index[sku] for sku in session if sku in self._index]
-            known.append(ids[-self.max_len :])
+        vocab = self.bundle.vocab
+        known = [model_input(vocab.encode_session(session), self.max_len) for session in sessions]
         results: list[list[dict[str, Any]]] = [self._popular[:k] for _ in sessions]
-        warm = [i for i, ids in enumerate(known) if ids]
+        warm = [i for i, ids in enumerate(known) if len(ids)]
         if warm:
             # One model call for every session of the request that has a known SKU.
-            items, lengths = pad_right([np.asarray(known[i], dtype=np.int32) for i in warm])
+            items, lengths = pad_right([known[i] for i in warm])
             scores, indices = self.bundle.scorer.top_k(items, lengths, np.int32(k))
             skus = self._skus[indices.numpy()]
             scores = scores.numpy().tolist()
@@ -198,7 +271,23 @@ def create_app(model_dir: Path | str, poll_interval: float = 0.5) -> FastAPI:
             return {"status": "no model", "model_version": None}
         return {"status": "ok", "model_version": model.model_version}
 
-    @app.post("/invocations")
+    @app.post(
+        "/invocations",
+        response_model=InvocationResponse,
+        responses={
+            400: {"model": ErrorResponse, "description": "malformed request; the error names the field"},
+            413: {"model": ErrorResponse, "description": f"request body over {MAX_BODY_BYTES} bytes"},
+            503: {"model": ErrorResponse, "description": "no model loaded yet"},
+        },
+        # The body is read and validated by the handler (size limit first, then the model
+        # above, whatever the content type); this publishes its schema.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": InvocationRequest.model_json_schema()}},
+            }
+        },
+    )
     async def invocations(request: Request) -> JSONResponse:
         model = watcher.current  # this request uses this model from start to end
         if model is None:
@@ -206,7 +295,14 @@ def create_app(model_dir: Path | str, poll_interval: float = 0.5) -> FastAPI:
                 {"error": f"no model loaded yet: {watcher.model_dir} holds no model"}, status_code=503
             )
         try:
-            sessions, k = parse_request(await request.body())
+            body = await read_body(request)
+        except BodyTooLarge:
+            return JSONResponse(
+                {"error": f"request body too large: at most {MAX_BODY_BYTES} bytes (6 MB) per request"},
+                status_code=413,
+            )
+        try:
+            sessions, k = parse_request(body)
         except RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         recommendations = await run_in_threadpool(model.recommend, sessions, k)

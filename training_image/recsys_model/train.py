@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ from .contract import (
     REQUIRED_CHANNELS,
     DEFAULT_ROOT,
     ROOT_ENV,
+    Hyperparameters,
     Paths,
     TrainingError,
     configure_logging,
@@ -28,6 +30,20 @@ from .contract import (
 
 log = logging.getLogger("recsys_model.train")
 
+
+
+def _defaults() -> str:
+    """The optional hyperparameters with their defaults, from their declaration."""
+    pairs = (
+        f"{name}={field.default}" for name, field in Hyperparameters.model_fields.items() if not field.is_required()
+    )
+    return "defaults: " + " ".join(pairs)
+
+
+def _indent(text: str) -> str:
+    return textwrap.fill(text, width=82, initial_indent=" " * 6, subsequent_indent=" " * 6)
+
+
 HELP = f"""\
 Train the session-based next-item recommender under the SageMaker container contract.
 
@@ -37,9 +53,8 @@ ${ROOT_ENV} if set, else {DEFAULT_ROOT}.
 Inputs
   ROOT/input/config/hyperparameters.json  JSON object; SageMaker passes every value
       as a string. model_version (required) travels with the model. Optional, with
-      defaults: epochs=5 batch_size=256 embedding_dim=64 hidden_units=128
-      learning_rate=0.002 max_len=50 top_k=20 seed=7 min_item_count=1
-      patience=2 (epochs without validation MRR gain before stopping; 0 = never).
+{_indent(_defaults())}
+      patience: epochs without validation MRR gain before stopping (0 = never).
       Unknown keys fail the job.
   ROOT/input/data/{{train,validation,test}}/*.parquet  sessions: session_id (string),
       session_date (string), items (list<string>, SKUs in time order, >= 2).
@@ -52,6 +67,9 @@ Outputs
   ROOT/output/data/evaluation.json, test_predictions.parquet, history.json
   ROOT/output/failure  on any error: the reason; the exit status is then 1.
 """
+
+# Popular items a model keeps: enough for the largest k the server accepts (and top_k allows).
+POPULAR_ITEMS = 100
 
 _OUTPUT_FILES = ("evaluation.json", "test_predictions.parquet", "history.json")
 
@@ -129,6 +147,7 @@ def run(paths: Paths) -> dict[str, Any]:
     import keras
 
     from . import evaluate
+    from .bundle import Popularity
     from .fit import fit
     from .model import Scorer, build_model
 
@@ -141,15 +160,19 @@ def run(paths: Paths) -> dict[str, Any]:
     network = build_model(vocab.size, hp)
     scorer = Scorer(network)
     log.info("training on %d sequences of up to %d items", len(sequences[0]), sequences[0].shape[1])
-    report = fit(network, scorer, vocab, sequences, val_sequences, validation, hp)
+    # What the model answers for a session without a known SKU; popularity.json.
+    popularity = Popularity(items=counts[:POPULAR_ITEMS], total_interactions=train.n_interactions)
+    report = fit(network, scorer, vocab, sequences, val_sequences, validation, popularity.skus, hp)
 
     k = hp.top_k
-    val_ranks = evaluate.model_ranks(scorer, vocab, hp.max_len, validation)
+    val_ranks = evaluate.model_ranks(scorer, vocab, hp.max_len, validation, popularity.skus)
     ranks = {
-        "challenger": evaluate.model_ranks(scorer, vocab, hp.max_len, test),
+        "challenger": evaluate.model_ranks(scorer, vocab, hp.max_len, test, popularity.skus),
         "baseline": evaluate.popularity_ranks([sku for sku, _ in counts], test, k),
         "champion": (
-            evaluate.model_ranks(champion.scorer, champion.vocab, champion.max_len, test)
+            evaluate.model_ranks(
+                champion.scorer, champion.vocab, champion.max_len, test, champion.popularity.skus
+            )
             if champion else None
         ),
     }
@@ -190,7 +213,7 @@ def run(paths: Paths) -> dict[str, Any]:
             "tensorflow": _tensorflow_version(),
         },
     }
-    _write_model_dir(paths.model_dir, network, vocab, counts, train.n_interactions, evaluation, metadata)
+    _write_model_dir(paths.model_dir, network, vocab, popularity, evaluation, metadata)
     # Written last: its presence in output/data means the whole job succeeded.
     write_json_atomic(paths.output_data / "evaluation.json", evaluation)
     log.info("model %s written to %s", hp.model_version, paths.model_dir)
@@ -213,14 +236,13 @@ def _load_champion(paths: Paths):
     return champion
 
 
-def _write_model_dir(model_dir, network, vocab, counts, n_interactions, evaluation, metadata) -> None:
+def _write_model_dir(model_dir, network, vocab, popularity, evaluation, metadata) -> None:
     """Stage every file, then move them in with metadata.json last (the completeness marker)."""
     from .bundle import (
         EVALUATION_FILE,
         MODEL_FILE,
         POPULARITY_FILE,
         VOCAB_FILE,
-        Popularity,
         publish,
         staging_dir,
     )
@@ -228,8 +250,6 @@ def _write_model_dir(model_dir, network, vocab, counts, n_interactions, evaluati
     staging = staging_dir(model_dir)
     network.save(staging / MODEL_FILE)
     write_json_atomic(staging / VOCAB_FILE, vocab.to_json())
-    # Enough popular items for the largest k the server accepts.
-    popularity = Popularity(items=counts[: max(100, evaluation["k"])], total_interactions=n_interactions)
     write_json_atomic(staging / POPULARITY_FILE, popularity.to_json())
     write_json_atomic(staging / EVALUATION_FILE, evaluation)
     publish(staging, model_dir, metadata)
