@@ -47,14 +47,14 @@ test-unit: venvs  ## the fast tests only
 	$(TRAIN_VENV)/bin/pytest tests/training_image
 
 demo: venvs  ## one nightly run on local defaults (DATE=YYYY-MM-DD to pick the day)
-	$(VENV)/bin/python -m recsys.demo $(if $(DATE),--date $(DATE))
+	$(VENV)/bin/python -m recsys.dev.demo $(if $(DATE),--date $(DATE))
 
 serve: venvs  ## serve the current champion of RECSYS_HOME on port 8081
 	mkdir -p $(RECSYS_HOME)/endpoint
 	$(TRAIN_VENV)/bin/serve --port 8081 --model-dir $(RECSYS_HOME)/endpoint/current
 
 bench: venvs  ## model quality against the oracle and the popularity baseline, serving latency
-	$(VENV)/bin/python -m recsys.bench
+	$(VENV)/bin/python -m recsys.dev.bench
 
 # airflow.txt: the runtime set; test.txt: the test tools resolved with airflow.txt as constraints,
 # holding only what airflow.txt lacks (so it installs on top without moving a pin)

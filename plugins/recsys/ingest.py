@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recsys import simulator
+from recsys.dev import simulator
 from recsys.settings import Settings
 from recsys.storage import landing_path
 from recsys.warehouse import get_warehouse

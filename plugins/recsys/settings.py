@@ -137,7 +137,7 @@ class Settings:
         return settings
 
     def _check_simulator(self) -> None:
-        from recsys.simulator import PRESETS, SCENARIOS
+        from recsys.dev.simulator import PRESETS, SCENARIOS
 
         if self.sim_preset not in PRESETS:
             raise SettingsError(f"RECSYS_SIM_PRESET={self.sim_preset!r} is not one of {', '.join(PRESETS)}")

@@ -7,7 +7,7 @@ import datetime as dt
 import duckdb
 import pytest
 
-from recsys import simulator
+from recsys.dev import simulator
 from recsys.ingest import LandingError, ingest_window
 from recsys.settings import Settings
 

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.simulator import (PRESETS, RAW_COLUMNS, SCENARIOS, ensure_days, generate_day,
-                              landing_path, main, oracle_metrics, oracle_next_item_probs,
-                              read_day, split_browsing_csv, summary_stats, write_day)
-from recsys.simulator.catalog import live_numbers
-from recsys.simulator.chain import sample_sequences
-from recsys.simulator.presets import SHAPE
-from recsys.simulator.scenarios import catalog_for_day
-from recsys.simulator.stats import REFERENCE, StatsAccumulator
+from recsys.dev.simulator import (PRESETS, RAW_COLUMNS, SCENARIOS, ensure_days, generate_day,
+                                  landing_path, main, oracle_metrics, oracle_next_item_probs,
+                                  read_day, split_browsing_csv, summary_stats, write_day)
+from recsys.dev.simulator.catalog import live_numbers
+from recsys.dev.simulator.chain import sample_sequences
+from recsys.dev.simulator.presets import SHAPE
+from recsys.dev.simulator.scenarios import catalog_for_day
+from recsys.dev.simulator.stats import REFERENCE, StatsAccumulator
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DAY = dt.date(2026, 3, 3)  # ordinal 739678: not a multiple of 5
@@ -415,7 +415,7 @@ def test_cli_generate_and_stats(tmp_path, capsys):
 
 def test_cli_module_entry_point():
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "plugins"))
-    done = subprocess.run([sys.executable, "-m", "recsys.simulator", "generate", "--out", "x",
+    done = subprocess.run([sys.executable, "-m", "recsys.dev.simulator", "generate", "--out", "x",
                            "--start", "2026-03-01", "--days", "1", "--scenario", "nope"],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 2 and "nope" in done.stderr and "Traceback" not in done.stderr

@@ -9,7 +9,7 @@ import fakesnow
 import pandas as pd
 import pytest
 
-from recsys import simulator
+from recsys.dev import simulator
 from recsys.settings import Settings
 from recsys.warehouse import SnowflakeWarehouse
 

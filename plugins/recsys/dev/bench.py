@@ -23,7 +23,8 @@ import time
 
 import requests
 
-from recsys import simulator, tracking
+from recsys import tracking
+from recsys.dev import simulator
 from recsys.export import load_sessions
 from recsys.settings import REPO_ROOT, Settings
 
