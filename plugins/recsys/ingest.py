@@ -1,9 +1,15 @@
 """Load the run's window of landing files into the warehouse's raw table.
 
-One landing file per day (``browsing_YYYY-MM-DD.csv``, Coveo's browsing schema).
-Re-running a day replaces that day's rows, never duplicates them. Locally, a day
-with no landing file is produced by the simulator, as an upstream feed would
-deliver it; in production a missing file is an error that names it.
+This module owns the raw feed's contract: its columns and dtypes (Coveo's browsing
+schema) and the landing file of each day (``browsing_YYYY-MM-DD.csv``). Re-running
+a day replaces that day's rows, never duplicates them. A missing landing file is an
+error that names it, unless the settings say the feed is simulated (the local
+stack): then `simulate_missing_days` has the development simulator deliver it, as an
+upstream feed would. That hook is production's only way into `recsys.dev`.
+
+The development simulator imports the contract from here, so this module imports
+only pandas at load time; the store, the warehouse and the simulator are imported
+where they are used.
 """
 
 from __future__ import annotations
@@ -11,17 +17,24 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from recsys.dev import simulator
-from recsys.settings import Settings
-from recsys.storage import landing_path
-from recsys.warehouse import get_warehouse
+if TYPE_CHECKING:
+    from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Column order of the raw feed (Coveo `browsing_train.csv`).
+RAW_COLUMNS = (
+    "session_id_hash",
+    "event_type",
+    "product_action",
+    "product_sku_hash",
+    "server_timestamp_epoch_ms",
+    "hashed_url",
+)
 RAW_DTYPES = {
     "session_id_hash": "string",
     "event_type": "string",
@@ -30,6 +43,7 @@ RAW_DTYPES = {
     "server_timestamp_epoch_ms": "Int64",
     "hashed_url": "string",
 }
+LANDING_PREFIX, LANDING_SUFFIX = "browsing_", ".csv"
 
 
 class LandingError(RuntimeError):
@@ -41,20 +55,41 @@ def window_days(start: dt.date, end: dt.date) -> list[dt.date]:
 
 
 def landing_name(day: dt.date) -> str:
-    return simulator.landing_path(Path("."), day).name
+    """The landing file of one day: ``browsing_YYYY-MM-DD.csv``."""
+    return f"{LANDING_PREFIX}{day:%Y-%m-%d}{LANDING_SUFFIX}"
 
 
-def generate_missing_days(settings: Settings, days: list[dt.date]) -> list[dt.date]:
-    """Write the simulator's landing files for days that have none (local only)."""
+def landing_day(name: str) -> dt.date | None:
+    """The day a landing file name stands for, or None if it is not a landing file name."""
+    if not (name.startswith(LANDING_PREFIX) and name.endswith(LANDING_SUFFIX)):
+        return None
+    try:
+        return dt.date.fromisoformat(name[len(LANDING_PREFIX):-len(LANDING_SUFFIX)])
+    except ValueError:
+        return None
+
+
+def simulate_missing_days(settings: Settings, days: list[dt.date]) -> list[dt.date]:
+    """The local-feed hook: when the settings say the feed is simulated
+    (RECSYS_SIM_GENERATE_MISSING), the development simulator writes the landing files of
+    the days that have none (local landing folders only). Returns the days it wrote."""
+    if not settings.sim_generate_missing:
+        return []
+    from recsys.storage import landing_path
+
     root = landing_path(settings, "")
     if root.protocol != "file":
         raise LandingError(f"the simulator only writes local landing folders, not {settings.landing_url}")
-    return simulator.ensure_days(
-        Path(root.path), days, preset=settings.sim_preset, scenario=settings.sim_scenario, seed=settings.sim_seed
+    from recsys.dev.simulator import ensure_days
+
+    return ensure_days(
+        root.path, days, preset=settings.sim_preset, scenario=settings.sim_scenario, seed=settings.sim_seed
     )
 
 
 def read_landing_day(settings: Settings, day: dt.date) -> pd.DataFrame:
+    from recsys.storage import landing_path
+
     path = landing_path(settings, landing_name(day))
     if not path.exists():
         raise LandingError(f"no landing file for {day}: expected {path}")
@@ -64,21 +99,21 @@ def read_landing_day(settings: Settings, day: dt.date) -> pd.DataFrame:
         frame = pd.read_csv(io.BytesIO(raw), dtype=RAW_DTYPES, keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError) as exc:
         raise LandingError(f"landing file {path} is not a valid browsing CSV: {exc}") from exc
-    missing = [c for c in simulator.RAW_COLUMNS if c not in frame.columns]
+    missing = [c for c in RAW_COLUMNS if c not in frame.columns]
     if missing:
         raise LandingError(f"landing file {path} lacks column(s) {', '.join(missing)}")
-    frame = frame[list(simulator.RAW_COLUMNS)]
+    frame = frame[list(RAW_COLUMNS)]
     frame["event_date"] = day
     return frame
 
 
 def ingest_window(settings: Settings, start: dt.date, end: dt.date) -> dict:
     """Load every day of [start, end] into the raw table; returns counts per day."""
+    from recsys.warehouse import get_warehouse
+
     days = window_days(start, end)
-    if settings.sim_generate_missing:
-        generated = generate_missing_days(settings, days)
-        for day in generated:
-            log.info("landing day %s was missing: simulated it (scenario %s)", day, settings.sim_scenario)
+    for day in simulate_missing_days(settings, days):
+        log.info("landing day %s was missing: simulated it (scenario %s)", day, settings.sim_scenario)
     frames = [read_landing_day(settings, day) for day in days]
     frame = pd.concat(frames, ignore_index=True)
     frame["loaded_at"] = pd.Timestamp.now(tz="UTC").tz_localize(None)

@@ -3,143 +3,195 @@
 Every box (warehouse, object store, training, endpoint) has one switch that
 defaults to its local implementation, so the same DAG runs on a laptop and in
 production; only these settings differ. `.env` documents each of them.
+
+The DAG file builds this object at parse time: importing this module and calling
+``Settings.from_env()`` stays free of pandas, numpy and the development tools.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PREFIX = "RECSYS_"
+HYPERPARAMETER_PREFIX = "RECSYS_HP_"
 
-WAREHOUSES = ("duckdb", "snowflake")
-TRAINING_BACKENDS = ("local", "sagemaker")
-ENDPOINT_BACKENDS = ("local", "sagemaker")
+Warehouse = Literal["duckdb", "snowflake"]
+Backend = Literal["local", "sagemaker"]
+# The simulated feed's presets and scenarios (recsys.dev.simulator implements them;
+# its tests check that these names are the ones it knows).
+SimPreset = Literal["tiny", "demo", "coveo"]
+SimScenario = Literal["steady", "popularity_shift", "catalog_churn", "broken_feed"]
+
+WAREHOUSES: tuple[str, ...] = get_args(Warehouse)
+TRAINING_BACKENDS: tuple[str, ...] = get_args(Backend)
+ENDPOINT_BACKENDS: tuple[str, ...] = get_args(Backend)
+SIM_PRESETS: tuple[str, ...] = get_args(SimPreset)
+SIM_SCENARIOS: tuple[str, ...] = get_args(SimScenario)
+
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path
-    warehouse: str
-    duckdb_path: Path
-    snowflake_conn_id: str
-    raw_schema: str
-    analytics_schema: str
-    store_url: str
-    landing_url: str
-    aws_conn_id: str
-    training_backend: str
-    endpoint_backend: str
-    endpoint_url: str
-    endpoint_dir: Path
-    train_command: str
-    dbt_executable: str
-    dbt_project_dir: Path
-    mlflow_tracking_uri: str
-    mlflow_ui_url: str
-    airflow_ui_url: str
-    sim_generate_missing: bool
-    sim_preset: str
-    sim_scenario: str
-    sim_seed: int
-    window_days: int
-    top_k: int
-    gate_max_regression: float
-    gate_max_drift: float
-    gate_max_new_sku_share: float
-    hyperparameters: dict[str, str] = field(default_factory=dict)
-    sagemaker: dict[str, str] = field(default_factory=dict)
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _flag(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text not in _TRUE + _FALSE:
+        raise PydanticCustomError("recsys_flag", "is not a boolean (true/false)", {"text": text})
+    return text in _TRUE
+
+
+def _no_trailing_slash(value: str) -> str:
+    return value.rstrip("/")
+
+
+def _absolute(path: Path) -> Path:
+    return path.expanduser().resolve()
+
+
+Choice = BeforeValidator(_lower)
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Url = Annotated[str, AfterValidator(_no_trailing_slash)]
+
+
+def _under_home(*parts: str):
+    return lambda data: data["home"].joinpath(*parts)
+
+
+def _venv_bin(venv: str, name: str) -> str:
+    return str(REPO_ROOT / venv / "bin" / name)
+
+
+class Settings(BaseSettings):
+    """``RECSYS_<FIELD>`` sets each field (``MLFLOW_TRACKING_URI`` keeps its own name); a blank
+    variable counts as unset. ``RECSYS_HP_<NAME>`` variables become ``hyperparameters``."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore", str_strip_whitespace=True)
+
+    home: Annotated[Path, AfterValidator(_absolute)] = REPO_ROOT / ".recsys"
+    warehouse: Annotated[Warehouse, Choice] = "duckdb"
+    duckdb_path: Path = Field(default_factory=_under_home("warehouse.duckdb"))
+    snowflake_conn_id: str = "snowflake_default"
+    raw_schema: str = "raw"
+    analytics_schema: str = "analytics"
+    store_url: Url = Field(default_factory=lambda data: (data["home"] / "store").as_uri())
+    landing_url: Url = Field(default_factory=lambda data: (data["home"] / "landing").as_uri())
+    aws_conn_id: str = "aws_default"
+    training_backend: Annotated[Backend, Choice] = "local"
+    endpoint_backend: Annotated[Backend, Choice] = "local"
+    endpoint_url: Url = "http://127.0.0.1:8081"
+    endpoint_dir: Path = Field(default_factory=_under_home("endpoint"))
+    train_command: str = _venv_bin(".venv-train", "train")
+    dbt_executable: str = _venv_bin(".venv-dbt", "dbt")
+    dbt_project_dir: Annotated[Path, AfterValidator(Path.resolve)] = REPO_ROOT / "dbt"
+    mlflow_tracking_uri: str = Field(default_factory=lambda data: f"sqlite:///{data['home'] / 'mlflow.db'}",
+                                     validation_alias="MLFLOW_TRACKING_URI")
+    mlflow_ui_url: Url = ""
+    airflow_ui_url: Url = "http://localhost:8080"
+    sim_generate_missing: Flag = True
+    sim_preset: SimPreset = "demo"
+    sim_scenario: SimScenario = "steady"
+    sim_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 7
+    window_days: Annotated[int, Field(ge=3, le=120)] = 14
+    top_k: Annotated[int, Field(ge=1, le=100)] = 20
+    gate_max_regression: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    gate_max_drift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    gate_max_new_sku_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    sagemaker_role_arn: str = ""
+    sagemaker_image_uri: str = ""
+    sagemaker_training_instance_type: str = "ml.g5.xlarge"
+    sagemaker_max_runtime_s: str = "14400"
+    sagemaker_endpoint_name: str = "session-recsys"
+    sagemaker_serving_instance_type: str = "ml.m5.large"
+    hyperparameters: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def sagemaker(self) -> dict[str, str]:
+        """The SageMaker backends' settings (``RECSYS_SAGEMAKER_*``), keyed without the prefix."""
+        return {name: getattr(self, f"sagemaker_{name}") for name in (
+            "role_arn", "image_uri", "training_instance_type", "max_runtime_s", "endpoint_name",
+            "serving_instance_type")}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        """The settings of `env` (default: the process environment), or a SettingsError naming
+        the variable that is wrong."""
+        token = _ENVIRON.set(os.environ if env is None else env)
+        try:
+            return cls()
+        except ValidationError as exc:
+            # a default derived from RECSYS_HOME is not computed once any field is wrong: name only the wrong ones
+            wrong = [error for error in exc.errors() if error["type"] != "default_factory_not_called"]
+            raise SettingsError("; ".join(_explain(error) for error in wrong)) from None
+        finally:
+            _ENVIRON.reset(token)
 
-        def get(name: str, default: str) -> str:
-            value = env.get(name, "")
-            return value.strip() if value.strip() else default
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return init_settings, _Environment(settings_cls, _ENVIRON.get())
 
-        def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
-            value = get(name, default).lower()
-            if value not in allowed:
-                raise SettingsError(f"{name}={value!r} is not one of {', '.join(allowed)}")
-            return value
 
-        def number(name: str, default: str, kind: type, low: float, high: float):
-            raw = get(name, default)
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a {kind.__name__}") from None
-            if not low <= value <= high:
-                raise SettingsError(f"{name}={value} is outside [{low}, {high}]")
-            return value
+_ENVIRON: ContextVar[Mapping[str, str]] = ContextVar("recsys_settings_environ", default=os.environ)
 
-        def flag(name: str, default: str) -> bool:
-            raw = get(name, default).lower()
-            if raw not in ("1", "0", "true", "false", "yes", "no"):
-                raise SettingsError(f"{name}={raw!r} is not a boolean (true/false)")
-            return raw in ("1", "true", "yes")
 
-        home = Path(get("RECSYS_HOME", str(REPO_ROOT / ".recsys"))).expanduser().resolve()
-        venv_bin = lambda name: str(REPO_ROOT / name / "bin")  # noqa: E731
-        hyperparameters = {
-            key[len("RECSYS_HP_"):].lower(): value
-            for key, value in env.items()
-            if key.startswith("RECSYS_HP_") and value.strip()
+class _Environment(EnvSettingsSource):
+    """The variables of one mapping: upper-case names only (as `os.environ` spells them),
+    blank values unset, and the ``RECSYS_HP_*`` family gathered into ``hyperparameters``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        self.environ = environ
+        super().__init__(settings_cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str]:
+        return {name.lower(): value.strip() for name, value in self.environ.items()
+                if name == name.upper() and value.strip() and not name.startswith(HYPERPARAMETER_PREFIX)
+                and name != f"{PREFIX}HYPERPARAMETERS"}
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        values["hyperparameters"] = {
+            name[len(HYPERPARAMETER_PREFIX):].lower(): value for name, value in self.environ.items()
+            if name.startswith(HYPERPARAMETER_PREFIX) and value.strip()
         }
-        sagemaker = {
-            "role_arn": get("RECSYS_SAGEMAKER_ROLE_ARN", ""),
-            "image_uri": get("RECSYS_SAGEMAKER_IMAGE_URI", ""),
-            "training_instance_type": get("RECSYS_SAGEMAKER_TRAINING_INSTANCE_TYPE", "ml.g5.xlarge"),
-            "max_runtime_s": get("RECSYS_SAGEMAKER_MAX_RUNTIME_S", "14400"),
-            "endpoint_name": get("RECSYS_SAGEMAKER_ENDPOINT_NAME", "session-recsys"),
-            "serving_instance_type": get("RECSYS_SAGEMAKER_SERVING_INSTANCE_TYPE", "ml.m5.large"),
-        }
-        settings = cls(
-            home=home,
-            warehouse=choice("RECSYS_WAREHOUSE", "duckdb", WAREHOUSES),
-            duckdb_path=Path(get("RECSYS_DUCKDB_PATH", str(home / "warehouse.duckdb"))),
-            snowflake_conn_id=get("RECSYS_SNOWFLAKE_CONN_ID", "snowflake_default"),
-            raw_schema=get("RECSYS_RAW_SCHEMA", "raw"),
-            analytics_schema=get("RECSYS_ANALYTICS_SCHEMA", "analytics"),
-            store_url=get("RECSYS_STORE_URL", (home / "store").as_uri()).rstrip("/"),
-            landing_url=get("RECSYS_LANDING_URL", (home / "landing").as_uri()).rstrip("/"),
-            aws_conn_id=get("RECSYS_AWS_CONN_ID", "aws_default"),
-            training_backend=choice("RECSYS_TRAINING_BACKEND", "local", TRAINING_BACKENDS),
-            endpoint_backend=choice("RECSYS_ENDPOINT_BACKEND", "local", ENDPOINT_BACKENDS),
-            endpoint_url=get("RECSYS_ENDPOINT_URL", "http://127.0.0.1:8081").rstrip("/"),
-            endpoint_dir=Path(get("RECSYS_ENDPOINT_DIR", str(home / "endpoint"))),
-            train_command=get("RECSYS_TRAIN_COMMAND", venv_bin(".venv-train") + "/train"),
-            dbt_executable=get("RECSYS_DBT_EXECUTABLE", venv_bin(".venv-dbt") + "/dbt"),
-            dbt_project_dir=Path(get("RECSYS_DBT_PROJECT_DIR", str(REPO_ROOT / "dbt"))).resolve(),
-            mlflow_tracking_uri=get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
-            mlflow_ui_url=get("RECSYS_MLFLOW_UI_URL", "").rstrip("/"),
-            airflow_ui_url=get("RECSYS_AIRFLOW_UI_URL", "http://localhost:8080").rstrip("/"),
-            sim_generate_missing=flag("RECSYS_SIM_GENERATE_MISSING", "true"),
-            sim_preset=get("RECSYS_SIM_PRESET", "demo"),
-            sim_scenario=get("RECSYS_SIM_SCENARIO", "steady"),
-            sim_seed=number("RECSYS_SIM_SEED", "7", int, 0, 2**31 - 1),
-            window_days=number("RECSYS_WINDOW_DAYS", "14", int, 3, 120),
-            top_k=number("RECSYS_TOP_K", "20", int, 1, 100),
-            gate_max_regression=number("RECSYS_GATE_MAX_REGRESSION", "0.05", float, 0.0, 1.0),
-            gate_max_drift=number("RECSYS_GATE_MAX_DRIFT", "0.2", float, 0.0, 1.0),
-            gate_max_new_sku_share=number("RECSYS_GATE_MAX_NEW_SKU_SHARE", "0.3", float, 0.0, 1.0),
-            hyperparameters=hyperparameters,
-            sagemaker=sagemaker,
-        )
-        settings._check_simulator()
-        return settings
+        return values
 
-    def _check_simulator(self) -> None:
-        from recsys.dev.simulator import PRESETS, SCENARIOS
 
-        if self.sim_preset not in PRESETS:
-            raise SettingsError(f"RECSYS_SIM_PRESET={self.sim_preset!r} is not one of {', '.join(PRESETS)}")
-        if self.sim_scenario not in SCENARIOS:
-            raise SettingsError(f"RECSYS_SIM_SCENARIO={self.sim_scenario!r} is not one of {', '.join(SCENARIOS)}")
+def _variable(field_name: str) -> str:
+    alias = Settings.model_fields[field_name].validation_alias
+    return alias if isinstance(alias, str) else f"{PREFIX}{field_name.upper()}"
+
+
+def _explain(error: dict) -> str:
+    """One validation error as today's message: the variable, its value, what is wrong."""
+    field_name = str(error["loc"][0]) if error["loc"] else ""
+    if field_name not in Settings.model_fields:
+        return error["msg"]
+    field, name, raw, kind = Settings.model_fields[field_name], _variable(field_name), error["input"], error["type"]
+    if kind == "literal_error":
+        return f"{name}={raw!r} is not one of {', '.join(get_args(field.annotation))}"
+    if kind in ("int_parsing", "int_from_float", "float_parsing"):
+        return f"{name}={raw!r} is not a {field.annotation.__name__}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        low = next(m.ge for m in field.metadata if hasattr(m, "ge"))
+        high = next(m.le for m in field.metadata if hasattr(m, "le"))
+        return f"{name}={field.annotation(raw)} is outside [{low}, {high}]"
+    if kind == "recsys_flag":
+        return f"{name}={error['ctx']['text']!r} {error['msg']}"
+    return f"{name}={raw!r}: {error['msg']}"

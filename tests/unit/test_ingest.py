@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from recsys.dev import simulator
-from recsys.ingest import LandingError, ingest_window
+from recsys.ingest import LandingError, ingest_window, landing_name
 from recsys.settings import Settings
 
 START, END = dt.date(2026, 3, 1), dt.date(2026, 3, 3)
@@ -35,8 +35,8 @@ def test_an_overlapping_window_replaces_only_its_own_days(recsys_home):
     ingest_window(settings, START, END)
     landing = settings.home / "landing"
     # the feed re-delivers day 3 with fewer rows: the warehouse follows it
-    day3 = simulator.read_day(simulator.landing_path(landing, END))
-    day3.head(10).to_csv(simulator.landing_path(landing, END), index=False)
+    day3 = simulator.read_day(landing / landing_name(END))
+    day3.head(10).to_csv(landing / landing_name(END), index=False)
     ingest_window(settings, END, END + dt.timedelta(days=1))
     counts = _raw_counts(settings)
     assert counts[END.isoformat()] == 10
@@ -53,7 +53,7 @@ def test_a_landing_file_without_the_raw_schema_is_rejected(recsys_home, monkeypa
     settings = Settings.from_env()
     landing = settings.home / "landing"
     landing.mkdir(parents=True)
-    simulator.landing_path(landing, START).write_text("session_id_hash,event_type\nabc,pageview\n")
+    (landing / landing_name(START)).write_text("session_id_hash,event_type\nabc,pageview\n")
     monkeypatch.setenv("RECSYS_SIM_GENERATE_MISSING", "false")
     with pytest.raises(LandingError, match="lacks column.*product_action"):
         ingest_window(settings, START, START)

@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from recsys.settings import Settings, SettingsError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_box_defaults_to_its_local_implementation(tmp_path):
@@ -31,3 +38,37 @@ def test_hyperparameters_come_from_recsys_hp_variables(tmp_path):
 def test_a_bad_setting_is_named(tmp_path, name, value, message):
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({"RECSYS_HOME": str(tmp_path), name: value})
+
+
+def test_bounds_and_choices_are_named(tmp_path):
+    with pytest.raises(SettingsError, match=r"RECSYS_TOP_K=500 is outside \[1, 100\]"):
+        Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TOP_K": "500"})
+    with pytest.raises(SettingsError, match=r"RECSYS_GATE_MAX_DRIFT=1.5 is outside \[0.0, 1.0\]"):
+        Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_GATE_MAX_DRIFT": "1.5"})
+    with pytest.raises(SettingsError, match="RECSYS_SIM_PRESET='huge' is not one of tiny, demo, coveo"):
+        Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_SIM_PRESET": "huge"})
+
+
+def test_blank_values_are_unset_and_switches_ignore_case(tmp_path):
+    settings = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_TOP_K": " ", "RECSYS_WAREHOUSE": " Snowflake ",
+                                  "RECSYS_SIM_GENERATE_MISSING": "No", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert (settings.top_k, settings.warehouse, settings.sim_generate_missing) == (20, "snowflake", False)
+    assert settings.mlflow_tracking_uri == "http://mlflow:5000"
+
+
+def test_sagemaker_settings_and_frozen(tmp_path):
+    settings = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_SAGEMAKER_ROLE_ARN": "arn:aws:iam::1:role/r"})
+    assert settings.sagemaker["role_arn"] == "arn:aws:iam::1:role/r"
+    assert settings.sagemaker["training_instance_type"] == "ml.g5.xlarge"
+    with pytest.raises(ValueError):
+        settings.top_k = 5
+
+
+def test_settings_are_read_without_pandas_numpy_or_the_development_tools():
+    """The DAG file builds the settings at parse time: that must not load the data stack."""
+    code = ("import sys; from recsys.settings import Settings; Settings.from_env(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'numpy') "
+            "or m == 'recsys.dev' or m.startswith('recsys.dev.')))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Unit tests of the browsing simulator (plugins/recsys/simulator)."""
+"""Unit tests of the browsing simulator (plugins/recsys/dev/simulator)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.dev.simulator import (PRESETS, RAW_COLUMNS, SCENARIOS, ensure_days, generate_day,
-                                  landing_path, main, oracle_metrics, oracle_next_item_probs,
-                                  read_day, split_browsing_csv, summary_stats, write_day)
+from recsys.dev.simulator import (PRESETS, SCENARIOS, ensure_days, generate_day, landing_path, main,
+                                  oracle_metrics, oracle_next_item_probs, read_day, split_browsing_csv,
+                                  summary_stats, write_day)
 from recsys.dev.simulator.catalog import live_numbers
 from recsys.dev.simulator.chain import sample_sequences
 from recsys.dev.simulator.presets import SHAPE
 from recsys.dev.simulator.scenarios import catalog_for_day
 from recsys.dev.simulator.stats import REFERENCE, StatsAccumulator
+from recsys.ingest import RAW_COLUMNS, landing_name
+from recsys.settings import SIM_PRESETS, SIM_SCENARIOS
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DAY = dt.date(2026, 3, 3)  # ordinal 739678: not a multiple of 5
@@ -66,6 +68,15 @@ def test_names_and_presets():
     coveo = PRESETS["coveo"]
     assert coveo.sessions_per_day == 54_000 and coveo.new_skus_per_day == 356
     assert abs(coveo.n_skus - 57_500) < 500
+
+
+def test_settings_accept_exactly_the_presets_and_scenarios_the_simulator_knows():
+    assert SIM_PRESETS == tuple(PRESETS)
+    assert SIM_SCENARIOS == SCENARIOS
+
+
+def test_landing_files_are_named_as_ingest_reads_them(tmp_path):
+    assert landing_path(tmp_path, DAY) == tmp_path / landing_name(DAY) == tmp_path / "browsing_2026-03-03.csv"
 
 
 def test_schema_dtypes_and_hashes(tiny_day):

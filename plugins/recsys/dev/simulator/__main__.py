@@ -1,4 +1,4 @@
-"""`python -m recsys.simulator` runs the `recsys-sim` command line."""
+"""`python -m recsys.dev.simulator` runs the `recsys-sim` command line."""
 
 from .cli import main
 

@@ -1,4 +1,4 @@
-"""Command line: `recsys-sim` / `python -m recsys.simulator`."""
+"""Command line: `recsys-sim` / `python -m recsys.dev.simulator`."""
 
 from __future__ import annotations
 

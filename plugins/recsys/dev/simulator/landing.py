@@ -1,5 +1,8 @@
 """Landing files: one CSV of raw browsing rows per UTC day.
 
+The raw columns and the file names are production's (`recsys.ingest`): the simulator
+writes what ingest reads.
+
 Files are always written whole or not at all (a temporary file in the same folder,
 then an atomic rename), so a reader never sees a half-written day.
 """
@@ -16,26 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .presets import DAY_MS, RAW_COLUMNS
+from recsys.ingest import RAW_COLUMNS, landing_day, landing_name
+
+from .presets import DAY_MS
 from .process import as_date, generate_day
 
 _UNIX_EPOCH = dt.date(1970, 1, 1).toordinal()
-_FILE_PREFIX = "browsing_"
 
 
 def landing_path(root, day) -> Path:
-    return Path(root) / f"{_FILE_PREFIX}{as_date(day):%Y-%m-%d}.csv"
+    return Path(root) / landing_name(as_date(day))
 
 
 def day_of_path(path) -> dt.date | None:
     """The day of a landing file name, or None if the name is not one."""
-    name = Path(path).name
-    if not (name.startswith(_FILE_PREFIX) and name.endswith(".csv")):
-        return None
-    try:
-        return dt.date.fromisoformat(name[len(_FILE_PREFIX):-len(".csv")])
-    except ValueError:
-        return None
+    return landing_day(Path(path).name)
 
 
 def _temp_file(root: Path, final: Path):

@@ -1,4 +1,4 @@
-"""Names, scale presets and the shape parameters of the browsing simulator.
+"""Scenario names, scale presets and the shape parameters of the browsing simulator.
 
 Scale (sessions, catalogue size, churn) changes between presets; the shape of a
 session (event mix, lengths, timing, how the next product is chosen) is shared, so
@@ -9,16 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-
-# Column order of the raw feed (Coveo `browsing_train.csv`).
-RAW_COLUMNS = (
-    "session_id_hash",
-    "event_type",
-    "product_action",
-    "product_sku_hash",
-    "server_timestamp_epoch_ms",
-    "hashed_url",
-)
 
 SCENARIOS = ("steady", "popularity_shift", "catalog_churn", "broken_feed")
 

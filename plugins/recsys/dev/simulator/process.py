@@ -18,8 +18,10 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
+from recsys.ingest import RAW_COLUMNS
+
 from .chain import ADD, PURCHASE, sample_sequences
-from .presets import DAY_MS, MAX_GAP_MS, RAW_COLUMNS, SHAPE, check_scenario, get_preset
+from .presets import DAY_MS, MAX_GAP_MS, SHAPE, check_scenario, get_preset
 from .randomness import STREAM_BROKEN, STREAM_ITEMS, STREAM_SESSIONS, day_rng, hex_ids
 from .scenarios import break_feed, catalog_for_day, is_empty_broken_day
 
@@ -58,7 +60,7 @@ def generate_day(day: dt.date, *, preset: str = "tiny", scenario: str = "steady"
     """The raw browsing rows of one UTC day, sorted by time.
 
     Deterministic for (day, preset, scenario, seed) and independent of any other
-    day. Scenarios change only this day (see `recsys.simulator.scenarios`); a
+    day. Scenarios change only this day (see `recsys.dev.simulator.scenarios`); a
     `broken_feed` day whose ordinal (day.toordinal()) is divisible by 5 has no rows,
     other `broken_feed` days carry nulls, unknown event types and duplicated rows.
     """
