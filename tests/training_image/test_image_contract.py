@@ -41,7 +41,7 @@ def test_string_values_are_parsed_like_sagemaker_sends_them():
 
 def test_missing_keys_take_the_defaults():
     hp = parse_hyperparameters({"model_version": "v"})
-    assert (hp.epochs, hp.batch_size, hp.embedding_dim, hp.hidden_units) == (5, 256, 64, 128)
+    assert (hp.epochs, hp.batch_size, hp.embedding_dim, hp.hidden_units, hp.successors) == (20, 256, 64, 128, 64)
     assert (hp.learning_rate, hp.max_len, hp.top_k, hp.seed) == (0.002, 50, 20, 7)
     assert (hp.min_item_count, hp.patience) == (1, 2)
 

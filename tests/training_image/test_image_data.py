@@ -120,13 +120,14 @@ def test_model_ranks_match_reading_each_prefix_alone_as_the_server_reads_it(tmp_
 
     from recsys_model import evaluate
     from recsys_model.evaluate import model_ranks, target_indices
-    from recsys_model.model import Scorer, build_model
+    from recsys_model.model import Scorer, build_model, transition_table
 
     monkeypatch.setattr(evaluate, "_MAX_ROWS", 7)  # many small scoring calls
 
     rows = make_sessions(25, seed=3, prefix="t")
     write_channel(tmp_path / "t", rows)
-    counts = item_counts(read_channel(tmp_path / "t", "t"))
+    train = read_channel(tmp_path / "t", "t")
+    counts = item_counts(train)
     vocab = build_vocabulary(counts[:-5], 1)  # a few SKUs left out: unknown targets must miss
     unknown, known = [sku for sku, _ in counts[-5:]], vocab.items
     rows += _rows(
@@ -139,9 +140,11 @@ def test_model_ranks_match_reading_each_prefix_alone_as_the_server_reads_it(tmp_
     write_channel(tmp_path / "u", rows)
     sessions = read_channel(tmp_path / "u", "u")
     popular = [sku for sku, _ in counts[:20]]
-    hp = Hyperparameters(model_version="v", embedding_dim=8, hidden_units=8, max_len=3)
+    hp = Hyperparameters(model_version="v", embedding_dim=8, hidden_units=8, max_len=3, successors=8)
     keras.utils.set_random_seed(1)
-    network = build_model(vocab.size, hp)
+    # every source of the mixture takes part: the transition table is the train sessions'
+    network = build_model(vocab.size, hp, transition_table(vocab.encode(train.skus), train.offsets, vocab.size, hp.successors))
+    assert float(network.followed.numpy().sum()) > 0
     ranks = model_ranks(Scorer(network), vocab, hp.max_len, sessions, popular)
 
     ids = vocab.encode(sessions.skus)
@@ -162,7 +165,7 @@ def test_model_ranks_match_reading_each_prefix_alone_as_the_server_reads_it(tmp_
             elif target == OOV:
                 expected.append((0, 0))
             else:
-                logits = np.array(network(prefix[None, :]))[0, -1]
+                logits = np.array(network.probabilities(prefix[None, :], np.array([[0, len(prefix) - 1]], np.int32)))[0]
                 logits[:2] = -np.inf
                 # batch shapes may change the last float bit: allow near-ties either way
                 best, worst = (logits > logits[target] + 1e-5).sum(), (logits > logits[target] - 1e-5).sum()

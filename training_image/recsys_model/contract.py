@@ -81,10 +81,11 @@ class Hyperparameters(BaseModel):
         max_length=256,
         description="name that travels with the model, e.g. the training job name",
     )
-    epochs: int = Field(5, ge=1, description="maximum training epochs")
+    epochs: int = Field(20, ge=1, description="maximum training epochs (early stopping usually ends sooner)")
     batch_size: int = Field(256, ge=1, description="sequences per gradient step")
     embedding_dim: int = Field(64, ge=1, description="item embedding size")
     hidden_units: int = Field(128, ge=1, description="GRU state size")
+    successors: int = Field(64, ge=1, le=1000, description="next items kept per item in the transition table")
     learning_rate: float = Field(0.002, gt=0, description="Adam learning rate")
     max_len: int = Field(50, ge=1, description="most recent items the model reads")
     top_k: int = Field(20, ge=1, le=100, description="k of HR@k / MRR@k")

@@ -1,5 +1,9 @@
-"""The training loop: Keras fit, a per-epoch report on the validation channel, and
-Keras' own EarlyStopping on validation MRR@k."""
+"""The training loop: Keras fit on length-grouped batches, a per-epoch report on the
+validation channel, and Keras' own EarlyStopping on validation MRR@k.
+
+Sessions are short (median 3 items) but a few are long: padding every batch to the
+longest session would spend most of the work on padding. Batches are made of
+sequences of similar length, cut to their own longest one, and shuffled as batches."""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from typing import Any, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from .contract import Hyperparameters
-from .data import Sessions, Vocabulary
+from .data import FIRST_ITEM, Sessions, Vocabulary
 from .evaluate import metrics, model_ranks
 from .model import Scorer
 
@@ -35,12 +40,14 @@ class ValidationReport(keras.callbacks.Callback):
         super().__init__()
         self.scorer, self.vocab, self.validation, self.popular, self.hp = scorer, vocab, validation, popular, hp
         self.epochs: list[dict[str, Any]] = []
+        self.n_examples = 0  # next-item examples per training epoch
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
+        fitted_s = time.monotonic() - self._started
         ranks = model_ranks(self.scorer, self.vocab, self.hp.max_len, self.validation, self.popular)
         scores = metrics(ranks, self.hp.top_k, "val_")
         logs = {} if logs is None else logs
@@ -51,6 +58,7 @@ class ValidationReport(keras.callbacks.Callback):
             "val_loss": float(logs.get("val_loss", float("nan"))),
             **scores,
             "seconds": round(time.monotonic() - self._started, 3),
+            "train_examples_per_s": round(self.n_examples / max(fitted_s, 1e-9), 1),
         }
         self.epochs.append(entry)
         log.info(
@@ -59,6 +67,25 @@ class ValidationReport(keras.callbacks.Callback):
             self.hp.epochs,
             " ".join(f"{key}={value:.4f};" for key, value in entry.items() if key != "epoch"),
         )
+
+
+def length_grouped(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool) -> tf.data.Dataset:
+    """Batches of similar-length sequences: (items [b, longest], next items at the real
+    positions of items, row-major). Shuffled batch order every epoch when asked."""
+    lengths = (x > 0).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+    def generate():
+        for b in np.random.permutation(len(batches)) if shuffle else range(len(batches)):
+            rows = batches[b]
+            width = max(int(lengths[rows].max()), 1)
+            items = x[rows, :width]
+            yield items, y[rows, :width][items > 0]
+
+    signature = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,14 +122,13 @@ def fit(
     hp: Hyperparameters,
 ) -> FitResult:
     report = ValidationReport(scorer, vocab, validation, popular, hp)
+    report.n_examples = int((train[1] >= FIRST_ITEM).sum())
     stopper = early_stopping(hp)
     network.fit(
-        *train,
-        batch_size=hp.batch_size,
+        length_grouped(*train, hp.batch_size, shuffle=True),
         epochs=hp.epochs,
-        validation_data=validation_sequences,
-        validation_batch_size=max(hp.batch_size, 256),
-        shuffle=True,
+        shuffle=False,  # the batches are shuffled as batches
+        validation_data=length_grouped(*validation_sequences, max(hp.batch_size, 256), shuffle=False),
         verbose=0,
         callbacks=[report, stopper],  # the report first: it writes the metric the stopper reads
     )

@@ -149,7 +149,7 @@ def run(paths: Paths) -> dict[str, Any]:
     from . import evaluate
     from .bundle import Popularity
     from .fit import fit
-    from .model import Scorer, build_model
+    from .model import Scorer, build_model, transition_table
 
     # Loaded before training so an unusable champion fails the job early.
     champion = _load_champion(paths)
@@ -157,7 +157,11 @@ def run(paths: Paths) -> dict[str, Any]:
     keras.utils.set_random_seed(hp.seed)
     sequences = data.training_sequences(vocab.encode(train.skus), train.offsets, hp.max_len)
     val_sequences = data.training_sequences(vocab.encode(validation.skus), validation.offsets, hp.max_len)
-    network = build_model(vocab.size, hp)
+    train_ids = vocab.encode(train.skus)
+    transitions = transition_table(train_ids, train.offsets, vocab.size, hp.successors)
+    log.info("transition table: %d items followed by another, up to %d next items each",
+             int((transitions[2] > 0).sum()), hp.successors)
+    network = build_model(vocab.size, hp, transitions)
     scorer = Scorer(network)
     log.info("training on %d sequences of up to %d items", len(sequences[0]), sequences[0].shape[1])
     # What the model answers for a session without a known SKU; popularity.json.
