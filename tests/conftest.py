@@ -22,7 +22,6 @@ os.environ.update(
         "RECSYS_HOME": str(_SESSION_HOME / "recsys"),
         "RECSYS_SIM_PRESET": "tiny",
         "RECSYS_WINDOW_DAYS": "4",
-        "RECSYS_HP_EPOCHS": "3",
         "AIRFLOW_HOME": str(_SESSION_HOME / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),

@@ -11,9 +11,8 @@ Baselines (all fitted on the same split as the model):
 - ``recent_popular``: the same, on the split's last day only;
 - ``transitions``: next-item counts after the prefix's last item (a repeat of the last
   item counts as a transition to itself), topped up with the most popular items;
-- ``session_knn``: SKNN (Ludewig & Jannach 2018): the past sessions most similar to the
-  prefix (cosine over item sets, among the most recent sessions sharing an item) vote
-  for their items.
+- ``session_knn``: SKNN (Ludewig & Jannach 2018): the 100 past sessions most similar
+  to the prefix (cosine over item sets) vote for their items with their similarity.
 """
 
 from __future__ import annotations
@@ -107,48 +106,77 @@ class Transitions:
 
 @dataclass
 class SessionKNN:
-    sessions: list[frozenset]
-    index: dict[str, np.ndarray]
+    """Sessions as rows of a sparse session x item matrix; a prefix's neighbours are the
+    ``neighbours`` past sessions with the highest cosine similarity of item sets."""
+
+    matrix: object  # scipy.sparse.csr_matrix, sessions x items, binary
+    items: np.ndarray
+    index: dict[str, int]
     popular: list[str]
     neighbours: int = 100
-    sample: int = 500
     name: str = "session_knn"
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, neighbours: int = 100, sample: int = 500) -> SessionKNN:
-        ordered = train.sort_values("session_date", kind="stable")  # later sessions are more recent
-        sessions = [frozenset(items) for items in ordered["items"]]
-        postings: dict[str, list[int]] = defaultdict(list)
-        for number, items in enumerate(sessions):
-            for item in items:
-                postings[item].append(number)
-        index = {item: np.asarray(numbers) for item, numbers in postings.items()}
-        return cls(sessions, index, _popular(train["items"]), neighbours, sample)
+    def fit(cls, train: pd.DataFrame, neighbours: int = 100) -> SessionKNN:
+        from scipy import sparse
+
+        items = np.array(sorted({item for listed in train["items"] for item in listed}), dtype=object)
+        index = {item: column for column, item in enumerate(items)}
+        rows, columns = _incidence(train["items"], index)
+        matrix = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(train), len(items)))
+        matrix.data[:] = 1.0  # an item twice in a session counts once
+        return cls(matrix, items, index, _popular(train["items"]), neighbours)
 
     def recommend(self, prefix: Sequence[str], k: int) -> list[str]:
-        current = set(prefix)
-        found = [self.index[item] for item in current if item in self.index]
-        if not found:
-            return self.popular[:k]
-        candidates = np.unique(np.concatenate(found))[-self.sample:]  # the most recent sessions
-        similarity = []
-        for number in candidates:
-            past = self.sessions[number]
-            similarity.append((len(current & past) / np.sqrt(len(current) * len(past)), number))
-        similarity.sort(reverse=True)
-        scores: Counter = Counter()
-        for weight, number in similarity[: self.neighbours]:
-            for item in self.sessions[number]:
-                scores[item] += weight
-        ranked = [item for item, _ in sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))]
-        return _top_up(ranked[:k], self.popular, k)
+        return self.recommend_many([prefix], k)[0]
+
+    def recommend_many(self, prefixes: Sequence[Sequence[str]], k: int, chunk: int = 512) -> list[list[str]]:
+        from scipy import sparse
+
+        out: list[list[str]] = []
+        session_sizes = np.asarray(self.matrix.sum(axis=1)).ravel()
+        for start in range(0, len(prefixes), chunk):
+            part = prefixes[start:start + chunk]
+            rows, columns = _incidence(part, self.index)
+            queries = sparse.csr_matrix((np.ones(len(rows)), (rows, columns)), shape=(len(part), len(self.items)))
+            queries.data[:] = 1.0
+            query_sizes = np.asarray(queries.sum(axis=1)).ravel()
+            overlap = (queries @ self.matrix.T).tocsr()
+            for row in range(len(part)):
+                lo, hi = overlap.indptr[row], overlap.indptr[row + 1]
+                if lo == hi:
+                    out.append(self.popular[:k])
+                    continue
+                sessions = overlap.indices[lo:hi]
+                similarity = overlap.data[lo:hi] / np.sqrt(query_sizes[row] * session_sizes[sessions])
+                if len(sessions) > self.neighbours:
+                    keep = np.argpartition(-similarity, self.neighbours)[: self.neighbours]
+                    sessions, similarity = sessions[keep], similarity[keep]
+                scores = similarity @ self.matrix[sessions]
+                ranked = np.lexsort((self.items, -scores))[: k]
+                out.append(_top_up([self.items[i] for i in ranked if scores[i] > 0], self.popular, k))
+        return out
+
+
+def _incidence(item_lists: Iterable[Sequence[str]], index: dict[str, int]) -> tuple[list[int], list[int]]:
+    rows, columns = [], []
+    for row, listed in enumerate(item_lists):
+        for item in listed:
+            column = index.get(item)
+            if column is not None:
+                rows.append(row)
+                columns.append(column)
+    return rows, columns
 
 
 def fit_baselines(train: pd.DataFrame) -> list[Baseline]:
     return [MostPopular.fit(train), RecentPopular.fit(train), Transitions.fit(train), SessionKNN.fit(train)]
 
 
-def recommend_all(baseline: Baseline, prefixes: Iterable[Sequence[str]], k: int) -> list[list[str]]:
+def recommend_all(baseline: Baseline, prefixes: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+    many = getattr(baseline, "recommend_many", None)
+    if many is not None:
+        return many(list(prefixes), k)
     return [baseline.recommend(prefix, k) for prefix in prefixes]
 
 

@@ -110,7 +110,6 @@ class Settings(BaseSettings):
     sim_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 7
     window_days: Annotated[int, Field(ge=3, le=120)] = 14
     top_k: Annotated[int, Field(ge=1, le=100)] = 20
-    gate_max_regression: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     gate_max_drift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     gate_max_new_sku_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
     sagemaker_role_arn: str = ""
