@@ -28,6 +28,10 @@ CHALLENGER = "challenger"
 MODEL_ARTIFACT_TAG = "model_artifact_uri"
 
 
+class RegistryUnavailable(RuntimeError):
+    """The model registry could not be read; the run must not go on as if it had no champion."""
+
+
 @dataclass(frozen=True)
 class Champion:
     version: str
@@ -186,10 +190,18 @@ def register_challenger(settings: Settings, *, run_id: str, artifact_uri: str, t
 
 
 def _version_by_alias(mlflow_client: MlflowClient, alias: str) -> ModelVersion | None:
+    """The version an alias points at; None only when the registry answers that there is
+    no such model or alias. Any other failure (the server unreachable or erroring) is
+    raised: a registry that cannot be read must never pass for one with no champion."""
     try:
         return mlflow_client.get_model_version_by_alias(REGISTERED_MODEL, alias)
-    except (MlflowException, RestException):
-        return None
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # no registered model yet
+            return None
+        if exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc):
+            return None
+        raise RegistryUnavailable(f"cannot read the {alias!r} alias of {REGISTERED_MODEL} from "
+                                  f"{mlflow_client.tracking_uri}: {exc}") from exc
 
 
 def current_champion(settings: Settings) -> Champion | None:

@@ -67,3 +67,18 @@ def test_the_first_run_has_nothing_to_be_older_than(recsys_home):
     window = _window(settings, "scheduled__2026-03-10", "2026-03-09")
     assert pipeline.newer_than_champion(window) is True
     assert pipeline._comparable_champion(settings, RunContext.from_xcom(window)) is None
+
+
+def test_an_unreachable_registry_fails_the_run_instead_of_reading_as_no_champion(recsys_home, monkeypatch):
+    """Only a registry that answers 'no such alias' means there is no champion: an
+    outage read that way would let the gates compare with baselines only and deploy."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    settings = Settings.from_env()
+    with pytest.raises(tracking.RegistryUnavailable, match="champion.*127.0.0.1:9"):
+        tracking.current_champion(settings)
+    context = RunContext(dag_id="recsys_retrain", run_id="manual__x", window_start=dt.date(2026, 3, 6),
+                         window_end=dt.date(2026, 3, 9), mlflow_run_id="r", mlflow_url="r")
+    with pytest.raises(tracking.RegistryUnavailable):
+        pipeline._comparable_champion(settings, context)
