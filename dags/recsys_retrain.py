@@ -1,6 +1,6 @@
 """recsys_retrain: nightly retraining of the session-based next-item recommender.
 
-    plan window ─► ingest raw events ─► dbt models + tests (Cosmos)
+    wait for earlier nights ─► plan window ─► ingest raw events ─► dbt models + tests (Cosmos)
       ─► export time-split dataset ─► data gate ─► train ─► model gate
       ─► newer than the champion? ─► update endpoint ─► promote champion in MLflow
 
@@ -34,7 +34,9 @@ def _close_failed_run(context):
 @dag(
     dag_id="recsys_retrain",
     schedule="0 2 * * *",
-    start_date=datetime(2026, 1, 1),
+    # no day is older than the DAG: a run, trigger or backfill of any day with landing data
+    # (the real Coveo file's days are in 2019) gets its tasks; catchup stays off
+    start_date=datetime(2000, 1, 1),
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
@@ -52,6 +54,11 @@ def _close_failed_run(context):
 def recsys_retrain():
     # Each task calls the body of the same name in recsys.pipeline. The heavy libraries
     # (Evidently, MLflow) are imported when a task runs, never when the file is parsed.
+    @task.sensor(poke_interval=60, timeout=timedelta(hours=12).total_seconds(), mode="reschedule")
+    def wait_for_earlier_nights(ti=None) -> bool:
+        from recsys import pipeline
+        return pipeline.wait_for_earlier_nights(ti)
+
     @task
     def plan_window(params=None, dag_run=None, run_id=None) -> dict:
         from recsys import pipeline
@@ -116,6 +123,7 @@ def recsys_retrain():
         from recsys import pipeline
         return pipeline.promote_champion(run, trained)
 
+    waited = wait_for_earlier_nights()
     run = plan_window()
     landed = ingest_raw_events(run)
     dataset = export_dataset(run)
@@ -125,6 +133,7 @@ def recsys_retrain():
     newest = newer_than_champion(run)
     deployed = update_endpoint(run, dataset, trained)
     promoted = promote_champion(run, trained)
+    chain(waited, run)
     chain(landed, dbt_models, dataset, data_checked, trained, model_checked, newest, deployed, promoted)
 
 

@@ -49,6 +49,19 @@ class Trained:
         return cls(**payload)
 
 
+def wait_for_earlier_nights(ti) -> bool:
+    """Whether every earlier night of this DAG has finished. A backfill runs its nights
+    side by side (its own max_active_runs, not the DAG's), but the warehouse's dbt models,
+    the DuckDB file and the endpoint take one night at a time: each night waits for the
+    ones before it, so a backfill of any concurrency runs its nights in date order."""
+    for state in ("running", "queued"):
+        earlier = ti.get_previous_dagrun(state=state)
+        if earlier is not None:
+            log.info("waiting: the earlier night %s is still %s", earlier.run_id, state)
+            return False
+    return True
+
+
 def plan_window(*, dag_id: str, run_id: str, run_date: dt.datetime, window_days: int,
                 force_deploy: bool, force_reason: str) -> dict:
     """The run's data window ends the day before the run's date (its logical date, or
