@@ -22,6 +22,7 @@ os.environ.update(
         "RECSYS_HOME": str(_SESSION_HOME / "recsys"),
         "RECSYS_SIM_PRESET": "tiny",
         "RECSYS_WINDOW_DAYS": "4",
+        "RECSYS_SIM_GENERATE_MISSING": "true",  # the tests' feed is the simulator
         "AIRFLOW_HOME": str(_SESSION_HOME / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),

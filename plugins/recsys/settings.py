@@ -104,7 +104,8 @@ class Settings(BaseSettings):
                                      validation_alias="MLFLOW_TRACKING_URI")
     mlflow_ui_url: Url = ""
     airflow_ui_url: Url = "http://localhost:8080"
-    sim_generate_missing: Flag = True
+    # a real feed is the default: a missing landing day is an error, never silently invented
+    sim_generate_missing: Flag = False
     sim_preset: SimPreset = "demo"
     sim_scenario: SimScenario = "steady"
     sim_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 7

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from recsys.dev import simulator
-from recsys.ingest import LandingError, ingest_window, landing_name
+from recsys.ingest import RAW_COLUMNS, LandingError, ingest_window, landing_name
 from recsys.settings import Settings
 
 START, END = dt.date(2026, 3, 1), dt.date(2026, 3, 3)
@@ -47,6 +47,17 @@ def test_missing_landing_day_is_named_when_the_feed_is_not_simulated(recsys_home
     monkeypatch.setenv("RECSYS_SIM_GENERATE_MISSING", "false")
     with pytest.raises(LandingError, match="no landing file for 2026-03-01"):
         ingest_window(Settings.from_env(), START, END)
+
+
+def test_a_real_feed_is_the_default_and_never_mixed_with_simulated_days(recsys_home, monkeypatch):
+    monkeypatch.delenv("RECSYS_SIM_GENERATE_MISSING")
+    settings = Settings.from_env()
+    landing = settings.home / "landing"
+    landing.mkdir(parents=True)
+    (landing / landing_name(START)).write_text(",".join(RAW_COLUMNS) + "\n")  # one real (empty) day
+    with pytest.raises(LandingError, match="no landing file for 2026-03-02"):
+        ingest_window(settings, START, END)
+    assert sorted(p.name for p in landing.iterdir()) == [landing_name(START)]  # nothing invented
 
 
 def test_a_landing_file_without_the_raw_schema_is_rejected(recsys_home, monkeypatch):

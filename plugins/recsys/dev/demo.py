@@ -50,6 +50,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 def airflow_env(settings: Settings) -> dict[str, str]:
     airflow_home = settings.home / "airflow"
     return {
+        "RECSYS_SIM_GENERATE_MISSING": "true",  # the demo's feed is the simulator, unless told otherwise
         **os.environ,
         "RECSYS_HOME": str(settings.home),
         "AIRFLOW_HOME": str(airflow_home),
