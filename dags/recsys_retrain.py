@@ -39,7 +39,9 @@ def _close_failed_run(context):
     start_date=datetime(2000, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
+    # A task that fails for good closes the run's MLflow run as FAILED itself: the DAG-level
+    # callback below runs in the scheduler's processor, which a restart or an outage can skip.
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=2), "on_failure_callback": _close_failed_run},
     params={
         "window_days": Param(settings.window_days, type="integer", minimum=3, maximum=120,
                              description="Days of sessions to train on; the last is the holdout, the one before validation."),

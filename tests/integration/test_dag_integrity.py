@@ -29,6 +29,14 @@ def test_schedule_and_run_policy(dag):
     assert all(task.retries >= 1 for task in dag.tasks)
 
 
+def test_every_task_closes_the_mlflow_run_when_it_fails_for_good(dag):
+    """Not only the DAG-level callback (run by the scheduler's side, which may be down):
+    each task's own failure callback marks the run's MLflow run FAILED."""
+    for task in dag.tasks:
+        callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
+        assert any(getattr(cb, "__name__", "") == "_close_failed_run" for cb in callbacks), task.task_id
+
+
 def test_any_day_of_history_can_be_run(dag):
     """A run before the tasks' start_date gets no task instance at all (a green run that did
     nothing): the real browsing file's days are in 2019."""
