@@ -8,11 +8,15 @@ a DataFrame. dbt does everything in between.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import uuid
 from typing import Protocol
 
 import pandas as pd
 
 from recsys.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RAW_TABLE = "browsing_events"
 RAW_DDL = """
@@ -81,28 +85,44 @@ class SnowflakeWarehouse:
         return SnowflakeHook(snowflake_conn_id=self.conn_id)
 
     def replace_days(self, frame: pd.DataFrame, days: list[dt.date]) -> int:
+        """Load ``frame`` into a staging table of its own, then swap the days in with DML only
+        (DELETE + INSERT ... SELECT) in one transaction. Snowflake commits an open transaction
+        before any DDL, and ``write_pandas`` runs DDL (its temporary stage and file format):
+        inside the transaction it would commit the DELETE before the rows are in."""
         from snowflake.connector.pandas_tools import write_pandas
 
+        table = f"{self.raw_schema}.{RAW_TABLE.upper()}"
+        # one per load: nights of a backfill load side by side
+        staging_name = f"{RAW_TABLE.upper()}_STAGING_{uuid.uuid4().hex[:12].upper()}"
+        staging = f"{self.raw_schema}.{staging_name}"
         conn = self._hook().get_conn()
+        cur = conn.cursor()
         try:
-            cur = conn.cursor()
+            # DDL and the bulk load, outside the transaction: the raw table is not touched yet
             cur.execute(f"create schema if not exists {self.raw_schema}")
             cur.execute(RAW_DDL.format(schema=self.raw_schema, table=RAW_TABLE.upper()))
-            cur.execute("begin")
-            placeholders = ", ".join(["%s"] * len(days))
-            cur.execute(
-                f"delete from {self.raw_schema}.{RAW_TABLE.upper()} where event_date in ({placeholders})",
-                [d.isoformat() for d in days],
-            )
+            cur.execute(f"create transient table {staging} like {table}")
             upper = frame.rename(columns=str.upper)
             if len(upper):
-                write_pandas(conn, upper, RAW_TABLE.upper(), schema=self.raw_schema, auto_create_table=False)
-            cur.execute("commit")
-        except Exception:
-            conn.rollback()
-            raise
+                write_pandas(conn, upper, staging_name, schema=self.raw_schema, auto_create_table=False)
+            # the replacement: DML only, one transaction
+            cur.execute("begin")
+            try:
+                placeholders = ", ".join(["%s"] * len(days))
+                cur.execute(f"delete from {table} where event_date in ({placeholders})",
+                            [d.isoformat() for d in days])
+                cur.execute(f"insert into {table} select * from {staging}")
+                cur.execute("commit")
+            except BaseException:
+                conn.rollback()
+                raise
         finally:
-            conn.close()
+            try:
+                cur.execute(f"drop table if exists {staging}")
+            except Exception:  # never hide the load's own error; an orphan is named in the log
+                log.warning("could not drop the staging table %s: drop it by hand", staging, exc_info=True)
+            finally:
+                conn.close()
         return len(frame)
 
     def query(self, sql: str) -> pd.DataFrame:
