@@ -1,5 +1,9 @@
-"""Steps 2-5 of the compose end-to-end test, against a stack that `docker compose up` started.
+"""Steps 1 (exposure) and 2-5 of the compose end-to-end test, against a stack that
+`docker compose up` started.
 
+    1. only Airflow, MLflow and the endpoint are published, on RECSYS_BIND_ADDRESS (MLflow on
+       127.0.0.1 whatever it says); bound to loopback, nothing answers on the host's other
+       addresses; the endpoint is healthy while it has no model, and /ping says 503 until then;
     2. log in through the API (/auth/token), see the first scheduled run of recsys_retrain go
        green, trigger a run through /api/v2 and wait for it;
     3. POST /invocations on the endpoint's published port answers with the model that MLflow's
@@ -16,8 +20,11 @@ bounded; a failed run prints its task states and the failed tasks' logs.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -37,6 +44,9 @@ PASSWORD = os.environ.get("AIRFLOW_PASSWORD", "admin")
 OUT = Path(os.environ.get("E2E_OUTPUT_DIR", "ci-output"))
 RUN_TIMEOUT_S = float(os.environ.get("E2E_RUN_TIMEOUT_S", "1200"))
 UP_STARTED = float(os.environ.get("E2E_UP_STARTED", "0") or 0)
+PROJECT = os.environ.get("E2E_PROJECT", "recsys-e2e")
+BIND_ADDRESS = os.environ.get("E2E_BIND_ADDRESS", "127.0.0.1") or "127.0.0.1"
+PUBLISHED = {"airflow-apiserver", "mlflow", "endpoint"}
 REGISTERED_MODEL = "session-recsys"
 TERMINAL = {"success", "failed"}
 
@@ -71,6 +81,98 @@ def request(method: str, url: str, body: dict | None = None, token: str | None =
 
 def airflow_api(method: str, path: str, token: str, body: dict | None = None, **kwargs):
     return request(method, f"{AIRFLOW}/api/v2{path}", body=body, token=token, **kwargs)
+
+
+# ---- step 1: exposure ------------------------------------------------------------------------
+
+def compose_ps() -> list[dict]:
+    out = subprocess.run(["docker", "compose", "-p", PROJECT, "ps", "--format", "json"],
+                         check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    if out.startswith("["):  # compose before 2.21: one array
+        return json.loads(out)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_addresses() -> list[str]:
+    """This machine's addresses other than loopback (its LAN address, Docker's bridges)."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        out = ""
+    return [a for a in out.split() if not _is_loopback(a) and not a.startswith("fe80:")]
+
+
+def _connects(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(3)
+        try:
+            sock.connect((address, port))
+            return True
+        except OSError:
+            return False
+
+
+def check_exposure() -> None:
+    published: dict[str, set[tuple[str, int]]] = {}
+    for container in compose_ps():
+        for pub in container.get("Publishers") or []:
+            if pub.get("PublishedPort"):
+                published.setdefault(container["Service"], set()).add((pub["URL"], pub["PublishedPort"]))
+    if set(published) != PUBLISHED:
+        raise E2EFailure(f"published services: {sorted(published)}, expected exactly {sorted(PUBLISHED)}")
+    expected = {name: ("127.0.0.1" if name == "mlflow" else BIND_ADDRESS) for name in PUBLISHED}
+    for name, bindings in sorted(published.items()):
+        addresses = {address for address, _ in bindings}
+        if addresses != {expected[name]}:
+            raise E2EFailure(f"{name} is published on {sorted(bindings)}, expected on {expected[name]} only")
+    log("published: " + ", ".join(f"{n} on {a}:{p}" for n, b in sorted(published.items()) for a, p in sorted(b)))
+
+    ports = {port for bindings in published.values() for _, port in bindings}
+    listeners = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, timeout=10).stdout.splitlines()
+    for port in sorted(ports):
+        local = [line.split()[3] for line in listeners if len(line.split()) > 3
+                 and line.split()[3].rsplit(":", 1)[-1] == str(port)]
+        wrong = [address for address in local
+                 if address.rsplit(":", 1)[0] not in (BIND_ADDRESS, "127.0.0.1")]
+        if wrong:
+            raise E2EFailure(f"port {port} listens on {wrong} (ss -ltn), not only on the bind address")
+        log(f"ss -ltn: port {port} listens on {local or '(no userland proxy: iptables only)'}")
+
+    if _is_loopback(BIND_ADDRESS):
+        for address in _host_addresses():
+            for port in sorted(ports):
+                if _connects(address, port):
+                    raise E2EFailure(f"{address}:{port} accepts connections; the stack should be on loopback only")
+        log(f"nothing answers on this machine's other addresses ({', '.join(_host_addresses()) or 'none'}) "
+            f"on ports {sorted(ports)}")
+
+
+def check_endpoint_alive_without_model() -> None:
+    """Liveness is not readiness: on a fresh stack the endpoint's container is healthy (compose
+    waited for it) while it has no model, and /ping answers 503 until it has one."""
+    health = {c["Service"]: c.get("Health") for c in compose_ps()}
+    try:
+        with urllib.request.urlopen(f"{ENDPOINT}/ping", timeout=10) as response:
+            body = response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            raise E2EFailure(f"GET /ping answered {exc.code} before the first model, expected 503") from None
+    else:
+        if (json.loads(body or "{}") or {}).get("model_version"):
+            log(f"a model is deployed already ({body}): the check of /ping without a model does not apply")
+            return
+        raise E2EFailure(f"GET /ping answered {response.status} without a model (expected 503): {body}")
+    if health.get("endpoint") != "healthy":
+        raise E2EFailure(f"the endpoint container is {health.get('endpoint')!r}, not healthy, while it has no model")
+    log("the endpoint is healthy (alive) and GET /ping answers 503 until the first model is deployed")
 
 
 # ---- step 2 ---------------------------------------------------------------------------------
@@ -216,6 +318,9 @@ def check_endpoint_serves_champion() -> dict:
         raise E2EFailure(f"expected 5 recommendations for each of {len(sessions)} sessions: {answer}")
     log(f"POST {ENDPOINT}/invocations answers from the champion {champion}: "
         f"{[r['sku'][:12] for r in recommendations[0]]}")
+    ping = request("GET", f"{ENDPOINT}/ping")
+    if ping.get("model_version") != champion:
+        raise E2EFailure(f"GET /ping answers {ping}, expected 200 with the champion {champion}")
     run = mlflow_api(f"runs/get?run_id={version['run_id']}")["run"]
     return {"version": version, "model_version": champion, "run": run}
 
@@ -286,6 +391,8 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     try:
+        check_exposure()
+        check_endpoint_alive_without_model()
         token = login()
         dag = wait_for_dag(token)
         if dag["is_paused"]:
@@ -310,12 +417,12 @@ def main() -> int:
 
         token = login()  # a fresh token for the browser
         take_screenshots(token, champion)
-    except (E2EFailure, TimeoutError, OSError) as exc:
+    except (E2EFailure, TimeoutError, OSError, subprocess.SubprocessError) as exc:
         log(f"FAILED: {exc}")
         return 1
     finally:
         (OUT / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
-    log(f"steps 2-5 passed; timings {json.dumps(timings)}")
+    log(f"steps 1-5 passed; timings {json.dumps(timings)}")
     return 0
 
 

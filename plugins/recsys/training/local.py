@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from recsys.run import RunLayout
@@ -28,6 +30,33 @@ from recsys.training.job import (
 )
 
 log = logging.getLogger(__name__)
+
+# The training process gets what a Python program and TensorFlow need, and nothing the
+# worker holds for Airflow: its configuration (AIRFLOW__*: Fernet key, JWT secret, database
+# URL), its connections (AIRFLOW_CONN_*), cloud and warehouse credentials. It reads its
+# inputs from RECSYS_ML_ROOT only, as in a SageMaker container.
+_KEPT_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "TZ",
+    "TMPDIR", "TEMP", "TMP", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
+})
+_KEPT_PREFIXES = ("LC_", "PYTHON", "TF_", "KERAS_", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "XLA_")
+# TF_ is TensorFlow's, and Terraform's too: its variables and CLI settings stay out
+_DROPPED_PREFIXES = ("TF_VAR_", "TF_CLI_", "TF_TOKEN_", "TF_WORKSPACE", "TF_DATA_DIR", "TF_PLUGIN_", "TF_REGISTRY_")
+# refused even under a kept prefix: anything named like a credential
+_SECRET_NAME = re.compile(r"SECRET|PASSW|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY($|_)|_CONN($|_)|(^|_)DSN($|_)")
+
+
+def training_environment(environ: Mapping[str, str], ml_root: Path) -> dict[str, str]:
+    """The environment of the training process: `environ` scrubbed to the allowed names."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if (name in _KEPT_NAMES or name.startswith(_KEPT_PREFIXES))
+        and not name.startswith(_DROPPED_PREFIXES) and not _SECRET_NAME.search(name)
+    }
+    env["RECSYS_ML_ROOT"] = str(ml_root)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 class LocalTraining:
@@ -62,7 +91,7 @@ class LocalTraining:
                 f"training command {command[0]!r} not found: set RECSYS_TRAIN_COMMAND or run `make venvs`"
             )
         log.info("training job %s: %s (RECSYS_ML_ROOT=%s)", job.name, " ".join(command), root)
-        env = {**os.environ, "RECSYS_ML_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+        env = training_environment(os.environ, root)
         with subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc:
