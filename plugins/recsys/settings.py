@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     sagemaker_max_runtime_s: str = "14400"
     sagemaker_endpoint_name: str = "session-recsys"
     sagemaker_serving_instance_type: str = "ml.m5.large"
+    sagemaker_serving_image_uri: str = ""  # blank: RECSYS_SAGEMAKER_IMAGE_URI
+    sagemaker_volume_gb: Annotated[int, Field(ge=1, le=16384)] = 30
+    sagemaker_spot: Flag = False
+    sagemaker_max_wait_s: Annotated[int, Field(ge=0, le=2419200)] = 0  # 0: twice RECSYS_SAGEMAKER_MAX_RUNTIME_S
+    sagemaker_rollback_alarms: str = ""  # CloudWatch alarm names, comma-separated
+    sagemaker_keep_versions: Annotated[int, Field(ge=1, le=100)] = 3
     hyperparameters: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -127,6 +133,16 @@ class Settings(BaseSettings):
         return {name: getattr(self, f"sagemaker_{name}") for name in (
             "role_arn", "image_uri", "training_instance_type", "max_runtime_s", "endpoint_name",
             "serving_instance_type")}
+
+    @property
+    def sagemaker_serving_image(self) -> str:
+        """The image the endpoint's model runs: the serving image, else the training image."""
+        return self.sagemaker_serving_image_uri or self.sagemaker_image_uri
+
+    @property
+    def sagemaker_rollback_alarm_names(self) -> list[str]:
+        """``RECSYS_SAGEMAKER_ROLLBACK_ALARMS`` as a list (blank items dropped)."""
+        return [name.strip() for name in self.sagemaker_rollback_alarms.split(",") if name.strip()]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -4,6 +4,7 @@ then reads the predictions the job produced, from the layout's place."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -11,10 +12,11 @@ import boto3
 import pandas as pd
 import pytest
 from botocore.stub import Stubber
+from botocore.validate import validate_parameters
 
 from recsys import pipeline, tracking
 from recsys.run import RunContext, RunLayout
-from recsys.settings import Settings
+from recsys.settings import Settings, SettingsError
 from recsys.storage import pack, path_from_uri, upload, write_parquet
 from recsys.training import TrainingFailed, TrainingJob
 from recsys.training.sagemaker import SageMakerTraining, training_config
@@ -33,12 +35,20 @@ def settings(recsys_home, monkeypatch) -> Settings:
 
 
 @pytest.fixture
-def context(settings) -> RunContext:
+def tracked_context(settings) -> RunContext:
     run = tracking.Run.start(settings, dag_id="recsys_retrain", airflow_run_id="scheduled__2026-03-10T02:00:00+00:00",
                              tags={})
     return RunContext(dag_id="recsys_retrain", run_id="scheduled__2026-03-10T02:00:00+00:00",
                       window_start=dt.date(2026, 3, 6), window_end=dt.date(2026, 3, 9),
                       mlflow_run_id=run.run_id, mlflow_url=run.url)
+
+
+@pytest.fixture
+def context() -> RunContext:
+    """The same run, without an MLflow run behind it: enough for a job's names and places."""
+    return RunContext(dag_id="recsys_retrain", run_id="scheduled__2026-03-10T02:00:00+00:00",
+                      window_start=dt.date(2026, 3, 6), window_end=dt.date(2026, 3, 9),
+                      mlflow_run_id="0" * 32, mlflow_url="")
 
 
 def _job(settings: Settings, context: RunContext) -> TrainingJob:
@@ -86,7 +96,8 @@ def _client():
     return boto3.client("sagemaker", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
 
 
-def test_a_sagemaker_job_feeds_the_model_gate_from_the_layout(settings, context, tmp_path):
+def test_a_sagemaker_job_feeds_the_model_gate_from_the_layout(settings, tracked_context, tmp_path):
+    context = tracked_context
     job = _job(settings, context)
     layout = job.layout
     _upload_job_outputs(settings, layout, NAME, tmp_path, challenger_ranks=[1, 2, 3, None, 5])
@@ -157,4 +168,98 @@ def test_a_failed_job_is_retried_under_a_new_name_and_its_reason_reported(settin
                               {"TrainingJobName": retry})
         with pytest.raises(TrainingFailed, match=f"{retry} Failed: AlgorithmError: epochs must be >= 1"):
             SageMakerTraining(settings, client).train(job)
+        stub.assert_no_pending_responses()
+
+
+def _validate(config: dict) -> None:
+    shape = _client().meta.service_model.operation_model("CreateTrainingJob").input_shape
+    validate_parameters(config, shape)  # raises on any field SageMaker would reject
+
+
+def test_spot_training_waits_twice_the_run_time_and_checkpoints_under_the_run(settings, context, monkeypatch):
+    job = _job(settings, context)
+    assert "EnableManagedSpotTraining" not in training_config(settings, job)  # on demand unless asked
+
+    monkeypatch.setenv("RECSYS_SAGEMAKER_SPOT", "true")
+    config = training_config(Settings.from_env(), job)
+    _validate(config)
+    assert config["EnableManagedSpotTraining"] is True
+    assert config["StoppingCondition"] == {"MaxRuntimeInSeconds": 14400, "MaxWaitTimeInSeconds": 28800}
+    assert config["CheckpointConfig"]["S3Uri"] == f"{job.layout.training}/{NAME}/checkpoints"
+    assert config["CheckpointConfig"]["S3Uri"] == f"{settings.store_url}/runs/{context.key}/training/{NAME}/checkpoints"
+
+    monkeypatch.setenv("RECSYS_SAGEMAKER_MAX_WAIT_S", "20000")
+    assert training_config(Settings.from_env(), job)["StoppingCondition"]["MaxWaitTimeInSeconds"] == 20000
+    monkeypatch.setenv("RECSYS_SAGEMAKER_MAX_WAIT_S", "3600")
+    with pytest.raises(SettingsError, match="RECSYS_SAGEMAKER_MAX_WAIT_S=3600 is less than RECSYS_SAGEMAKER_MAX_RUNTIME_S"):
+        training_config(Settings.from_env(), job)
+
+
+def test_a_spot_retry_resumes_from_the_checkpoints_of_the_run(settings, context, monkeypatch):
+    monkeypatch.setenv("RECSYS_SAGEMAKER_SPOT", "true")
+    settings = Settings.from_env()
+    job = _job(settings, context)
+    client, retry = _client(), f"{NAME}-r1"
+    expected = training_config(settings, job) | {"TrainingJobName": retry}
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(NAME, "Stopped")]},
+                          {"NameContains": NAME, "MaxResults": 100})
+        stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "Stopped"), {"TrainingJobName": NAME})
+        stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{retry}"},
+                          expected)
+        for _ in range(2):
+            stub.add_response("describe_training_job", _described(settings, job.layout, retry, "Failed", "x"),
+                              {"TrainingJobName": retry})
+        with pytest.raises(TrainingFailed):
+            SageMakerTraining(settings, client).train(job)
+        stub.assert_no_pending_responses()
+    assert expected["CheckpointConfig"]["S3Uri"].endswith(f"/training/{NAME}/checkpoints")
+
+
+def test_volume_size_is_a_setting(settings, context, monkeypatch):
+    assert training_config(settings, _job(settings, context))["ResourceConfig"]["VolumeSizeInGB"] == 30
+    monkeypatch.setenv("RECSYS_SAGEMAKER_VOLUME_GB", "100")
+    config = training_config(Settings.from_env(), _job(settings, context))
+    _validate(config)
+    assert config["ResourceConfig"]["VolumeSizeInGB"] == 100
+
+
+def test_the_job_is_tagged_with_the_dag_run(settings, context):
+    job = dataclasses.replace(_job(settings, context), tags={"recsys:dag_run_id": context.run_id,
+                                                             "recsys:model_version": NAME})
+    config = training_config(settings, job)
+    _validate(config)
+    assert config["Tags"] == [
+        {"Key": "app", "Value": "recsys_retrain"},
+        {"Key": "recsys:dag_run_id", "Value": "scheduled__2026-03-10T02:00:00+00:00"},
+        {"Key": "recsys:model_version", "Value": NAME},
+    ]
+    odd = dataclasses.replace(job, tags={"recsys:dag_run_id": "manual run #3 (retry)"})
+    assert training_config(settings, odd)["Tags"][1]["Value"] == "manual run _3 _retry_"
+
+
+def test_stop_stops_the_attempts_of_this_run_still_in_progress(settings):
+    client = _client()
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [
+            _summary(NAME, "Failed"), _summary(f"{NAME}-r1", "InProgress"),
+            _summary(f"{NAME}-other", "InProgress"), _summary(f"x-{NAME}", "InProgress"),
+        ]}, {"NameContains": NAME, "MaxResults": 100})
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": f"{NAME}-r1"})
+        assert SageMakerTraining(settings, client).stop(NAME) == [f"{NAME}-r1"]
+        stub.assert_no_pending_responses()
+
+
+def test_stop_leaves_finished_jobs_alone_and_tolerates_one_that_just_ended(settings):
+    client = _client()
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(NAME, "Completed")]},
+                          {"NameContains": NAME, "MaxResults": 100})
+        assert SageMakerTraining(settings, client).stop(NAME) == []
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(NAME, "InProgress")]},
+                          {"NameContains": NAME, "MaxResults": 100})
+        stub.add_client_error("stop_training_job", "ValidationException",
+                              "The request was rejected because the training job is in status Completed.",
+                              expected_params={"TrainingJobName": NAME})
+        assert SageMakerTraining(settings, client).stop(NAME) == []
         stub.assert_no_pending_responses()

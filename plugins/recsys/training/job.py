@@ -26,6 +26,8 @@ class TrainingJob:
     layout: RunLayout
     hyperparameters: dict[str, str]
     champion_artifact_uri: str | None = None
+    # who made the job (e.g. ``recsys:dag_run_id``): a cloud backend tags what it creates with them
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ output.tar.gz land under the run's prefix, as the local backend's do.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from recsys.training.job import (
 log = logging.getLogger(__name__)
 
 POLL_S = 60
+CHECKPOINT_DIR = "/opt/ml/checkpoints"
+_TAG_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
 
 
 def metric_definitions(top_k: int) -> list[dict]:
@@ -42,6 +45,34 @@ def _s3_channel(name: str, uri: str) -> dict:
     }
 
 
+def aws_tags(tags: dict[str, str]) -> list[dict]:
+    """``tags`` as SageMaker's Tags, each ``app=recsys_retrain`` first; characters SageMaker
+    refuses in a tag become ``_`` (keys up to 128 characters, values up to 256)."""
+    pairs = {"app": "recsys_retrain", **tags}
+    return [{"Key": _TAG_UNSAFE.sub("_", str(key))[:128], "Value": _TAG_UNSAFE.sub("_", str(value))[:256]}
+            for key, value in pairs.items()]
+
+
+def checkpoint_uri(job: TrainingJob) -> str:
+    """Where a spot job saves /opt/ml/checkpoints, and where every attempt of it resumes from."""
+    return f"{job.layout.training}/{job.name}/checkpoints"
+
+
+def _stopping_condition(settings: Settings) -> dict:
+    try:
+        runtime = int(settings.sagemaker_max_runtime_s)
+    except ValueError:
+        raise SettingsError(f"RECSYS_SAGEMAKER_MAX_RUNTIME_S={settings.sagemaker_max_runtime_s!r} is not an int") from None
+    condition = {"MaxRuntimeInSeconds": runtime}
+    if settings.sagemaker_spot:
+        wait = settings.sagemaker_max_wait_s or 2 * runtime
+        if wait < runtime:
+            raise SettingsError(f"RECSYS_SAGEMAKER_MAX_WAIT_S={wait} is less than RECSYS_SAGEMAKER_MAX_RUNTIME_S="
+                                f"{runtime}: a spot job waits for capacity on top of its run time")
+        condition["MaxWaitTimeInSeconds"] = wait
+    return condition
+
+
 def training_config(settings: Settings, job: TrainingJob) -> dict:
     sm = settings.sagemaker
     missing = [key for key in ("role_arn", "image_uri") if not sm[key]]
@@ -51,7 +82,7 @@ def training_config(settings: Settings, job: TrainingJob) -> dict:
     channels = [_s3_channel(name, RunLayout.split_prefix(job.dataset_uri, name)) for name in CHANNELS]
     if job.champion_artifact_uri:
         channels.append(_s3_channel(CHAMPION_CHANNEL, job.champion_artifact_uri))
-    return {
+    config = {
         "TrainingJobName": job.name,
         "AlgorithmSpecification": {
             "TrainingImage": sm["image_uri"],
@@ -62,10 +93,16 @@ def training_config(settings: Settings, job: TrainingJob) -> dict:
         "HyperParameters": job.hyperparameters,
         "InputDataConfig": channels,
         "OutputDataConfig": {"S3OutputPath": job.layout.training},
-        "ResourceConfig": {"InstanceType": sm["training_instance_type"], "InstanceCount": 1, "VolumeSizeInGB": 30},
-        "StoppingCondition": {"MaxRuntimeInSeconds": int(sm["max_runtime_s"])},
-        "Tags": [{"Key": "app", "Value": "recsys_retrain"}],
+        "ResourceConfig": {"InstanceType": sm["training_instance_type"], "InstanceCount": 1,
+                           "VolumeSizeInGB": settings.sagemaker_volume_gb},
+        "StoppingCondition": _stopping_condition(settings),
+        "Tags": aws_tags(job.tags),
     }
+    if settings.sagemaker_spot:
+        # a spot instance can be reclaimed: SageMaker restarts the job, which resumes from its checkpoints
+        config["EnableManagedSpotTraining"] = True
+        config["CheckpointConfig"] = {"S3Uri": checkpoint_uri(job), "LocalPath": CHECKPOINT_DIR}
+    return config
 
 
 class SageMakerTraining:
@@ -94,17 +131,39 @@ class SageMakerTraining:
         else:  # InProgress, Stopping or Completed: this run's job, never a second one beside it
             name = latest["TrainingJobName"]
             log.info("training job %s is already %s: attaching to it", name, status)
-        described = self._wait(name, int(config["StoppingCondition"]["MaxRuntimeInSeconds"]))
+        stopping = config["StoppingCondition"]  # a spot job may wait for capacity beyond its run time
+        described = self._wait(name, int(stopping.get("MaxWaitTimeInSeconds", stopping["MaxRuntimeInSeconds"])))
         if described["TrainingJobStatus"] != "Completed":
             raise TrainingFailed(
                 f"training job {name} {described['TrainingJobStatus']}: {described.get('FailureReason', 'no reason given')}"
             )
         return self._collect(job.layout, described)
 
-    def _wait(self, name: str, max_runtime_s: int) -> dict:
+    def stop(self, job_name: str) -> list[str]:
+        """Stop this run's training job (``job_name`` or a retry of it, ``job_name-rN``) where it
+        is still InProgress: what a killed or timed-out task calls, so no GPU job runs on
+        unwatched. Returns the names it asked SageMaker to stop."""
+        from botocore.exceptions import ClientError
+
+        found = self.client.list_training_jobs(NameContains=job_name, MaxResults=100)["TrainingJobSummaries"]
+        stopped = []
+        for summary in found:
+            name = summary["TrainingJobName"]
+            if not _is_attempt(name, job_name) or summary["TrainingJobStatus"] != "InProgress":
+                continue
+            log.warning("stopping SageMaker training job %s", name)
+            try:
+                self.client.stop_training_job(TrainingJobName=name)
+            except ClientError as exc:  # it ended meanwhile: nothing left to stop
+                log.warning("could not stop training job %s: %s", name, exc)
+                continue
+            stopped.append(name)
+        return stopped
+
+    def _wait(self, name: str, limit_s: int) -> dict:
         from botocore.exceptions import WaiterError
 
-        attempts = max_runtime_s // POLL_S + 10  # the job's own limit, with room for start-up
+        attempts = limit_s // POLL_S + 10  # the job's own limit, with room for start-up
         try:
             self.client.get_waiter("training_job_completed_or_stopped").wait(
                 TrainingJobName=name, WaiterConfig={"Delay": POLL_S, "MaxAttempts": attempts}
@@ -130,8 +189,13 @@ class SageMakerTraining:
     def _latest_attempt(self, name: str) -> tuple[dict | None, int]:
         """The newest job of this run (``name`` or ``name-rN``) and how many there are."""
         found = self.client.list_training_jobs(NameContains=name, MaxResults=100)["TrainingJobSummaries"]
-        ours = [job for job in found if job["TrainingJobName"] == name or job["TrainingJobName"].startswith(f"{name}-r")]
+        ours = [job for job in found if _is_attempt(job["TrainingJobName"], name)]
         if not ours:
             return None, 0
         newest = max(ours, key=lambda job: job["CreationTime"])
         return self.client.describe_training_job(TrainingJobName=newest["TrainingJobName"]), len(ours)
+
+
+def _is_attempt(candidate: str, name: str) -> bool:
+    """Whether ``candidate`` is the job ``name`` or one of its retries (``name-rN``)."""
+    return candidate == name or re.fullmatch(rf"{re.escape(name)}-r\d+", candidate) is not None
