@@ -270,7 +270,7 @@ def test_starts_without_a_model_and_picks_up_the_first_one(tmp_path: Path, model
     link = tmp_path / "endpoint" / "current"
     link.parent.mkdir()
     with TestClient(create_app(link, poll_interval=POLL)) as client:
-        assert client.get("/ping").status_code == 200
+        assert client.get("/ping").status_code == 503  # not ready: no traffic until a model is loaded
         assert client.get("/ping").json() == {"status": "no model", "model_version": None}
         response = client.post("/invocations", json={"sessions": [["sku-001"]]})
         assert response.status_code == 503
@@ -278,7 +278,7 @@ def test_starts_without_a_model_and_picks_up_the_first_one(tmp_path: Path, model
 
         _point(link, models["v1"])
         _wait_for_version(client, "v1")
-        assert client.get("/ping").json()["status"] == "ok"
+        assert client.get("/ping").status_code == 200 and client.get("/ping").json()["status"] == "ok"
         assert len(_recommend(client, [["sku-001"]], k=3)[0]) == 3
 
 

@@ -30,6 +30,7 @@ class FakeServe:
 
     def __init__(self, current, answer_smoke=True):
         outer = self
+        self.stuck_on = None  # a server that no longer follows the symlink keeps answering this
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, body):
@@ -41,6 +42,7 @@ class FakeServe:
 
             def do_GET(self):
                 version = os.path.basename(os.path.realpath(current)) if current.exists() else None
+                version = outer.stuck_on or version
                 self._send({"status": "ok", "model_version": version})
 
             def do_POST(self):
@@ -84,9 +86,19 @@ def test_a_failed_smoke_test_puts_the_previous_model_back(endpoint, tmp_path):
     backend, fake = endpoint
     backend.deploy(_artifact(tmp_path, "v1"), "v1", [["a"]], k=3)
     fake.answer_smoke = False  # the new model answers with the wrong number of items
-    with pytest.raises(DeployFailed, match="expected 3 items"):
+    with pytest.raises(DeployFailed, match="expected 3 items.*rolled back, v1 serves again"):
         backend.deploy(_artifact(tmp_path, "v2"), "v2", [["a"]], k=3)
     assert backend.served_version() == "v1"
+
+
+def test_a_rollback_the_endpoint_does_not_take_up_is_said_so(endpoint, tmp_path):
+    """The symlink going back is not the rollback: the endpoint answering with the previous
+    model is. One that stays on the failed model must not be reported as rolled back."""
+    backend, fake = endpoint
+    backend.deploy(_artifact(tmp_path, "v1"), "v1", [["a"]], k=3)
+    fake.answer_smoke, fake.stuck_on = False, "v2"
+    with pytest.raises(DeployFailed, match="rollback to v1 is not confirmed: endpoint still serves 'v2'"):
+        backend.deploy(_artifact(tmp_path, "v2"), "v2", [["a"]], k=3)
 
 
 def test_an_endpoint_that_does_not_answer_is_named(recsys_home, monkeypatch, tmp_path):

@@ -264,11 +264,13 @@ def create_app(model_dir: Path | str, poll_interval: float = 0.5) -> FastAPI:
     app = FastAPI(title="recsys-model", lifespan=lifespan)
     app.state.watcher = watcher
 
-    @app.get("/ping")
-    def ping() -> dict[str, Any]:
+    @app.get("/ping", responses={503: {"description": "no model loaded yet: send no traffic here"}})
+    def ping() -> Any:
+        # Readiness: SageMaker and compose route traffic to a container once /ping answers
+        # 200, so a server without a model must not.
         model = watcher.current
         if model is None:
-            return {"status": "no model", "model_version": None}
+            return JSONResponse(status_code=503, content={"status": "no model", "model_version": None})
         return {"status": "ok", "model_version": model.model_version}
 
     @app.post(

@@ -52,10 +52,17 @@ class LocalEndpoint:
             self._wait_for(model_version)
             self._smoke_test(model_version, smoke_sessions, k)
         except Exception as exc:
-            if previous:
-                self._point_to(Path(previous))
-                log.error("deploy failed, endpoint model switched back to %s", previous)
-            raise DeployFailed(f"deploy of {model_version} to {self.url} failed: {exc}") from exc
+            if not previous:
+                raise DeployFailed(f"deploy of {model_version} to {self.url} failed: {exc}") from exc
+            self._point_to(Path(previous))
+            log.error("deploy failed, endpoint model switched back to %s", previous)
+            try:  # the rollback is done only when the endpoint answers with the previous model again
+                self._wait_for(Path(previous).name)
+            except DeployFailed as still:
+                raise DeployFailed(f"deploy of {model_version} to {self.url} failed ({exc}) and the rollback to "
+                                   f"{Path(previous).name} is not confirmed: {still}") from exc
+            raise DeployFailed(f"deploy of {model_version} to {self.url} failed: {exc}; rolled back, "
+                               f"{Path(previous).name} serves again") from exc
         log.info("endpoint %s serves %s", self.url, model_version)
         return Deployment(self.url, model_version, previous)
 
