@@ -61,6 +61,12 @@ class Paths:
     def failure(self) -> Path:
         return self.root / "output" / "failure"
 
+    @property
+    def checkpoints(self) -> Path:
+        """The last finished epoch, for a restarted job to resume from (SageMaker syncs this
+        folder with the job's CheckpointConfig; the local backend keeps it across retries)."""
+        return self.root / "checkpoints"
+
 
 # Keys SageMaker itself may add to hyperparameters.json; they are not ours to judge.
 _PLATFORM_PREFIX = "sagemaker_"

@@ -8,8 +8,10 @@ sequences of similar length, cut to their own longest one, and shuffled as batch
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import keras
@@ -111,6 +113,61 @@ def early_stopping(hp: Hyperparameters) -> keras.callbacks.EarlyStopping:
     )
 
 
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the weights, the best epoch's weights and the early-stopping state,
+    so that a job killed mid-training (a spot interruption, a worker restart) resumes from
+    its last finished epoch instead of from zero. Written beside, then renamed into place."""
+
+    STATE, LAST, BEST = "state.json", "last.weights.h5", "best.weights.h5"
+
+    def __init__(self, directory: Path, fingerprint: dict, report: "ValidationReport", stopper):
+        super().__init__()
+        self.directory, self.fingerprint, self.report, self.stopper = directory, fingerprint, report, stopper
+
+    def resume(self, network: keras.Model) -> int:
+        """Load the last finished epoch of this same job, if there is one; returns it (0: none)."""
+        state_file = self.directory / self.STATE
+        if not state_file.is_file():
+            return 0
+        state = json.loads(state_file.read_text())
+        if state.get("fingerprint") != self.fingerprint:
+            log.info("checkpoint in %s belongs to another job or data: starting from epoch 1", self.directory)
+            return 0
+        network.optimizer.build(network.trainable_variables)  # so its moments are restored too
+        network.load_weights(self.directory / self.LAST)
+        self.report.epochs = list(state["history"])
+        self._resumed = state
+        log.info("resuming after epoch %d (checkpoint in %s)", state["epoch"], self.directory)
+        return int(state["epoch"])
+
+    def on_train_begin(self, logs=None):
+        state = getattr(self, "_resumed", None)
+        if state:  # runs after EarlyStopping's own reset (callbacks run in order)
+            self.stopper.best, self.stopper.wait = state["best"], state["wait"]
+            self.stopper.best_epoch = state["best_epoch"]
+            best = self.model.get_weights()
+            self.model.load_weights(self.directory / self.BEST)
+            self.stopper.best_weights = self.model.get_weights()
+            self.model.set_weights(best)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.stopper.best_epoch == epoch:  # EarlyStopping ran just before: this epoch is the best
+            self._save(self.BEST)
+        self._save(self.LAST)
+        state = {"epoch": epoch + 1, "fingerprint": self.fingerprint, "history": self.report.epochs,
+                 "best": float(self.stopper.best), "wait": int(self.stopper.wait),
+                 "best_epoch": int(self.stopper.best_epoch)}
+        partial = self.directory / f".{self.STATE}.tmp"
+        partial.write_text(json.dumps(state))
+        partial.replace(self.directory / self.STATE)
+
+    def _save(self, name: str) -> None:
+        partial = self.directory / f".tmp.{name}"
+        self.model.save_weights(partial)
+        partial.replace(self.directory / name)
+
+
 def fit(
     network: keras.Model,
     scorer: Scorer,
@@ -120,17 +177,29 @@ def fit(
     validation: Sessions,
     popular: Sequence[str],
     hp: Hyperparameters,
+    checkpoints: Path | None = None,
 ) -> FitResult:
     report = ValidationReport(scorer, vocab, validation, popular, hp)
     report.n_examples = int((train[1] >= FIRST_ITEM).sum())
     stopper = early_stopping(hp)
+    callbacks = [report, stopper]  # the report first: it writes the metric the stopper reads
+    initial_epoch = 0
+    if checkpoints is not None:
+        # a checkpoint is resumed only by the same job on the same data
+        fingerprint = {"hyperparameters": hp.to_dict(), "vocab_size": vocab.size, "examples": report.n_examples}
+        checkpoint = EpochCheckpoint(checkpoints, fingerprint, report, stopper)
+        initial_epoch = checkpoint.resume(network)
+        callbacks.append(checkpoint)
+    if initial_epoch >= hp.epochs:
+        log.info("every epoch was finished before the restart")
     network.fit(
         length_grouped(*train, hp.batch_size, shuffle=True),
         epochs=hp.epochs,
+        initial_epoch=initial_epoch,
         shuffle=False,  # the batches are shuffled as batches
         validation_data=length_grouped(*validation_sequences, max(hp.batch_size, 256), shuffle=False),
         verbose=0,
-        callbacks=[report, stopper],  # the report first: it writes the metric the stopper reads
+        callbacks=callbacks,
     )
     best_epoch = stopper.best_epoch + 1
     if stopper.stopped_epoch > 0:

@@ -166,7 +166,8 @@ def run(paths: Paths) -> dict[str, Any]:
     log.info("training on %d sequences of up to %d items", len(sequences[0]), sequences[0].shape[1])
     # What the model answers for a session without a known SKU; popularity.json.
     popularity = Popularity(items=counts[:POPULAR_ITEMS], total_interactions=train.n_interactions)
-    report = fit(network, scorer, vocab, sequences, val_sequences, validation, popularity.skus, hp)
+    report = fit(network, scorer, vocab, sequences, val_sequences, validation, popularity.skus, hp,
+                 checkpoints=paths.checkpoints)
 
     k = hp.top_k
     val_ranks = evaluate.model_ranks(scorer, vocab, hp.max_len, validation, popularity.skus)

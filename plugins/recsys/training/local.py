@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -59,14 +60,43 @@ def training_environment(environ: Mapping[str, str], ml_root: Path) -> dict[str,
     return env
 
 
+CHECKPOINTS = "checkpoints"  # the job's last epoch, kept across retries (SageMaker's /opt/ml/checkpoints)
+STOP_GRACE_S = 10
+
+
+def _first_to_go_out_of_memory() -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:  # not Linux, or not allowed: the limit is a safeguard, not a requirement
+        pass
+
+
+def _stop(proc: subprocess.Popen, name: str) -> None:
+    """Terminate the training's whole process group, then kill what is left."""
+    if proc.poll() is not None:
+        return
+    log.warning("stopping training job %s (process group %d)", name, proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
 class LocalTraining:
     def __init__(self, settings: Settings):
         self.settings = settings
 
     def train(self, job: TrainingJob) -> TrainingResult:
         root = job.layout.scratch(job.name)
-        if root.exists():  # a retry starts from a clean layout
-            shutil.rmtree(root)
+        if root.exists():  # a retry starts from a clean layout, but resumes from the last epoch
+            for child in root.iterdir():
+                if child.name != CHECKPOINTS:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
         self._prepare(job, root)
         self._run(job, root)
         return self._collect(job, root)
@@ -74,6 +104,7 @@ class LocalTraining:
     def _prepare(self, job: TrainingJob, root: Path) -> None:
         config = root / "input" / "config"
         config.mkdir(parents=True)
+        (root / CHECKPOINTS).mkdir(exist_ok=True)
         (config / "hyperparameters.json").write_text(json.dumps(job.hyperparameters, indent=2))
         data = root / "input" / "data"
         for channel in CHANNELS:
@@ -92,11 +123,20 @@ class LocalTraining:
             )
         log.info("training job %s: %s (RECSYS_ML_ROOT=%s)", job.name, " ".join(command), root)
         env = training_environment(os.environ, root)
+        # Its own process group, so that stopping the task stops all of it; first in line for
+        # the kernel's out-of-memory killer, so that running out of memory ends the training,
+        # not the scheduler or the worker beside it.
         with subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True, preexec_fn=_first_to_go_out_of_memory,
         ) as proc:
-            for line in proc.stdout:  # stream the job's progress into the task log
-                log.info("[%s] %s", job.name, line.rstrip())
+            try:
+                for line in proc.stdout:  # stream the job's progress into the task log
+                    log.info("[%s] %s", job.name, line.rstrip())
+                proc.wait()
+            except BaseException:  # killed, timed out, or the worker shutting down
+                _stop(proc, job.name)
+                raise
         if proc.returncode != 0:
             failure = root / "output" / "failure"
             reason = failure.read_text().strip() if failure.exists() else "no failure reason written"
