@@ -8,7 +8,7 @@ DBT_VENV := .venv-dbt
 TRAIN_VENV := .venv-train
 MANIFEST := dbt/target/manifest.json
 
-.PHONY: help venvs test test-unit test-training demo serve bench lock clean
+.PHONY: help venvs test test-unit test-training demo serve bench bench-quick lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,8 +53,11 @@ serve: venvs  ## serve the current champion of RECSYS_HOME on port 8081
 	mkdir -p $(RECSYS_HOME)/endpoint
 	$(TRAIN_VENV)/bin/serve --port 8081 --model-dir $(RECSYS_HOME)/endpoint/current
 
-bench: venvs  ## model quality against the oracle and the popularity baseline, serving latency
-	$(VENV)/bin/python -m recsys.dev.bench
+bench: venvs  ## neural model vs baselines and oracle, training and serving speed -> BENCHMARKS.md (BENCH_ARGS=--help)
+	$(VENV)/bin/python -m recsys.dev.bench $(BENCH_ARGS)
+
+bench-quick: venvs  ## the same on a tiny preset in about a minute, table in a temporary file
+	$(VENV)/bin/python -m recsys.dev.bench --quick $(BENCH_ARGS)
 
 # airflow.txt: the runtime set; test.txt: the test tools resolved with airflow.txt as constraints,
 # holding only what airflow.txt lacks (so it installs on top without moving a pin)

@@ -1,14 +1,29 @@
-"""`make bench`: how good and how fast the current champion is.
+"""`make bench`: the neural model next to every simple baseline and the simulator's oracle,
+how fast it trains, and how fast it serves, measured side by side in one run.
 
-Quality: the champion's HR@k / MRR@k on its own holdout day, next to the
-most-popular baseline and the simulator's oracle (the Bayes-optimal ranking of
-the process that generated the data), reported as a ratio of the oracle.
-Speed: latency of the local endpoint (`serve`) for single-session and batched
-requests, measured over loopback with the champion loaded.
+For each preset the simulator writes a window of days (fixed seed); the sessions are
+built as the export builds them (detail / add / purchase interactions in time order,
+sessions with at least 2, the last 50 kept; last day = test, the day before =
+validation, the rest = train) and the training image's `train` runs on them as a local
+process, with its default hyperparameters. On the test day every model ranks the
+next item of every session prefix:
 
-k is RECSYS_TOP_K (default 20), the k the champion was evaluated at. Needs a
-champion in RECSYS_HOME (run `make demo` first). Results are printed and written
-to RECSYS_HOME/bench/<timestamp>.json.
+- the neural model: its own ranks (test_predictions.parquet);
+- every baseline of `recsys.evaluation`, fitted on the train split;
+- the oracle: the Bayes-optimal ranking of the process that made the data, the
+  ceiling no model can beat on average.
+
+Reported per model: HR / MRR / NDCG @k with 95 % bootstrap intervals (sessions
+resampled), MRR by slice, catalogue coverage and popularity bias of the top-k lists,
+MRR as a share of the oracle's, and the neural model's paired MRR difference against
+the strongest baseline. Training: wall time of `train` and examples per second.
+Serving: latency of the training image's `serve` over loopback HTTP and of the same
+recommend() call in process, per request size and number of concurrent clients.
+
+k is RECSYS_TOP_K (default 20). `make bench` writes BENCHMARKS.md (several minutes
+on 2 cores); `make bench-quick` (--quick) runs a tiny preset in under a minute and
+writes its table to a temporary file. Needs the training image's environment
+(.venv-train, `make venvs`).
 """
 
 from __future__ import annotations
@@ -16,124 +31,884 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import requests
 
-from recsys import tracking
-from recsys.dev import simulator
-from recsys.export import load_sessions
+from recsys import evaluation
+from recsys.dev.simulator import generate_day
+from recsys.dev.simulator import oracle as oracle_module
+from recsys.dev.simulator.presets import INTERACTION_ACTIONS, PRESETS
+from recsys.run import EVALUATION_FILE, PREDICTIONS_FILE, SPLITS
 from recsys.settings import REPO_ROOT, Settings
+
+TRAIN_VENV = REPO_ROOT / ".venv-train"
+DEFAULT_OUT = REPO_ROOT / "BENCHMARKS.md"
+# The export's session rules (dbt vars min_session_interactions / max_session_interactions).
+MIN_SESSION_ITEMS = 2
+MAX_SESSION_ITEMS = 50
+FIRST_DAY = dt.date(2026, 3, 1)
+NEURAL = "neural"
+ORACLE = "oracle"
 
 
 class BenchError(RuntimeError):
-    """The champion cannot be benchmarked as asked; the message says why."""
+    """The benchmark cannot go on; the message says why."""
 
 
-def quality(settings: Settings, champion: tracking.Champion) -> dict:
-    k = settings.top_k
-    run = tracking.client(settings).get_run(champion.run_id)
-    metrics = run.data.metrics
-    names = {"most_popular": "popularity_baseline_test_", "champion": "test_"}
-    wanted = [f"{prefix}{metric}_at_{k}" for prefix in names.values() for metric in ("hr", "mrr")]
-    if missing := [name for name in wanted if name not in metrics]:
-        evaluated = sorted({name.rsplit("_at_", 1)[1] for name in metrics if name.startswith("test_hr_at_")})
-        raise BenchError(f"the champion's MLflow run {champion.run_id} has no {', '.join(missing)}: it was evaluated "
-                         f"at k={', '.join(evaluated) or '?'}, not RECSYS_TOP_K={k}")
-    test = load_sessions(settings, champion.dataset_uri, splits=("test",))
-    day = dt.date.fromisoformat(champion.window_end)
-    sessions = [list(items) for items in test["items"]]
-    oracle = simulator.oracle_metrics(sessions, day, k=k, preset=settings.sim_preset,
-                                      scenario=run.data.tags.get("scenario", "steady"), seed=settings.sim_seed)
-    rows = {name: (metrics[f"{prefix}hr_at_{k}"], metrics[f"{prefix}mrr_at_{k}"]) for name, prefix in names.items()}
-    rows["oracle"] = (oracle["hr_at_k"], oracle["mrr_at_k"])
+@dataclass(frozen=True)
+class Case:
+    """One preset measured: its simulated window, and its epoch ceiling (None: the
+    training image's default)."""
+
+    preset: str
+    days: int
+    epochs: int | None = None
+
+    @property
+    def start(self) -> dt.date:
+        return FIRST_DAY
+
+    @property
+    def end(self) -> dt.date:
+        return FIRST_DAY + dt.timedelta(days=self.days - 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    cases: tuple[Case, ...]
+    epochs: int | None  # overrides every case's
+    hyperparameters: dict[str, str]
+    requests_per_cell: int
+    seconds_per_cell: float
+    batch_sizes: tuple[int, ...] = (1, 32)
+    clients: tuple[int, ...] = (1, 8)
+
+
+# The Coveo-sized preset (54 k sessions a day, 57.5 k SKUs) on a 5-day window: one epoch over
+# its 3 train days takes about 3-4 minutes on 2 cores, so it gets 2 epochs rather than the default.
+FULL = dict(cases=(Case("demo", 14), Case("coveo", 5, 2)), epochs=None, requests_per_cell=200,
+            seconds_per_cell=20.0)
+QUICK = dict(cases=(Case("tiny", 4, 2),), epochs=None, requests_per_cell=20, seconds_per_cell=3.0)
+
+
+# progress --------------------------------------------------------------------------
+
+_STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - _STARTED:6.0f}s] {message}", flush=True)
+
+
+# data ------------------------------------------------------------------------------
+
+
+def interaction_sessions(raw: pd.DataFrame, day: dt.date) -> pd.DataFrame:
+    """One simulated day's raw rows -> the export's sessions: product interactions in time
+    order (same-millisecond ties: detail, add, purchase, then SKU and URL, as dbt orders
+    them), sessions with at least MIN_SESSION_ITEMS of them, each cut to its last
+    MAX_SESSION_ITEMS. A simulated session never crosses midnight, so its date is the day."""
+    rows = raw.loc[(raw["event_type"] == "event_product") & raw["product_action"].isin(INTERACTION_ACTIONS)]
+    rows = rows.assign(action_rank=rows["product_action"].map({a: i for i, a in enumerate(INTERACTION_ACTIONS)}))
+    rows = rows.sort_values(["session_id_hash", "server_timestamp_epoch_ms", "action_rank", "product_sku_hash",
+                             "hashed_url"], kind="stable", na_position="last")
+    items = rows.groupby("session_id_hash", sort=True)["product_sku_hash"].agg(list)
+    items = items[items.map(len) >= MIN_SESSION_ITEMS].map(lambda skus: skus[-MAX_SESSION_ITEMS:])
+    return pd.DataFrame({"session_id": items.index.astype(str), "session_date": day.isoformat(),
+                         "items": items.to_list()})
+
+
+def simulate(case: Case, seed: int) -> dict[str, pd.DataFrame]:
+    """The case's window, simulated and split in time as the export splits it."""
+    frames = []
+    for number in range(case.days):
+        day = case.start + dt.timedelta(days=number)
+        frames.append(interaction_sessions(generate_day(day, preset=case.preset, seed=seed), day))
+    sessions = pd.concat(frames, ignore_index=True)
+    test_day, validation_day = case.end.isoformat(), (case.end - dt.timedelta(days=1)).isoformat()
+    split = np.select([sessions["session_date"] == test_day, sessions["session_date"] == validation_day],
+                      ["test", "validation"], default="train")
+    out = {name: sessions.loc[split == name].reset_index(drop=True) for name in SPLITS}
+    if empty := [name for name, part in out.items() if part.empty]:
+        raise BenchError(f"{case.preset}, {case.days} days: no sessions in split(s) {', '.join(empty)}")
+    return out
+
+
+def n_examples(sessions: pd.DataFrame) -> int:
+    return int(sessions["items"].map(len).sum() - len(sessions))
+
+
+# training --------------------------------------------------------------------------
+
+
+@dataclass
+class Trained:
+    root: Path  # the job's /opt/ml
+    wall_s: float
+    predictions: pd.DataFrame
+    evaluation: dict
+    history: dict
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+
+def prepare_job(root: Path, splits: dict[str, pd.DataFrame], hyperparameters: dict[str, str]) -> None:
+    """The job's /opt/ml as the local training backend lays it out."""
+    if root.exists():
+        shutil.rmtree(root)
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
+    for name, part in splits.items():
+        channel = root / "input" / "data" / name
+        channel.mkdir(parents=True)
+        part[["session_id", "session_date", "items"]].to_parquet(channel / "sessions.parquet", index=False)
+    (root / "model").mkdir()
+    (root / "output").mkdir()
+    (root / "checkpoints").mkdir()
+
+
+_EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+): .*?seconds=([0-9.]+);")
+
+
+def train(root: Path, label: str) -> Trained:
+    """Run the training image's `train` on a prepared root, streaming its epoch lines."""
+    command = [str(TRAIN_VENV / "bin" / "train")]
+    env = {**os.environ, "RECSYS_ML_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    tail: list[str] = []
+    started = time.perf_counter()
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-40:]
+            if _EPOCH_LINE.search(line) or "early stop" in line or "keeping the weights" in line:
+                say(f"{label}: train: {line.split(' - ')[-1] if ' - ' in line else line}")
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        failure = root / "output" / "failure"
+        reason = failure.read_text().strip() if failure.exists() else "\n".join(tail[-15:])
+        raise BenchError(f"{label}: train failed (exit {proc.returncode}): {reason}")
+    data = root / "output" / "data"
+    history_file = data / "history.json"
+    return Trained(
+        root=root,
+        wall_s=wall,
+        predictions=pd.read_parquet(data / PREDICTIONS_FILE),
+        evaluation=json.loads((data / EVALUATION_FILE).read_text()),
+        history=json.loads(history_file.read_text()) if history_file.exists() else {},
+        log_tail=tail,
+    )
+
+
+def training_row(preset: str, splits: dict[str, pd.DataFrame], trained: Trained) -> dict:
+    epochs = trained.history.get("epochs") or []
+    seconds = [float(e.get("seconds", 0.0)) for e in epochs]
+    fit_s, later_s = sum(seconds), sum(seconds[1:])
+    examples = n_examples(splits["train"])
     return {
-        name: {f"hr_at_{k}": hr, f"mrr_at_{k}": mrr,
-               "hr_ratio_to_oracle": hr / oracle["hr_at_k"], "mrr_ratio_to_oracle": mrr / oracle["mrr_at_k"]}
-        for name, (hr, mrr) in rows.items()
-    } | {"k": k, "test_day": champion.window_end, "test_sessions": len(sessions), "positions": oracle["positions"]}
+        "preset": preset,
+        "train_sessions": len(splits["train"]),
+        "train_examples": examples,
+        "epochs_run": len(epochs) or None,
+        "best_epoch": trained.history.get("best_epoch"),
+        "fit_s": fit_s or None,
+        "examples_per_s_fit": examples * len(epochs) / fit_s if fit_s else None,
+        "examples_per_s_steady": (examples * (len(epochs) - 1) / later_s) if later_s else None,
+        "wall_s": trained.wall_s,
+        "examples_per_s_wall": examples * len(epochs) / trained.wall_s if epochs else None,
+        # what train itself logs per epoch, where it does (the fitting alone, validation left out)
+        "examples_per_s_logged": epochs[-1].get("train_examples_per_s") if epochs else None,
+    }
 
 
-def latency(settings: Settings, sessions: list[list[str]], requests_per_case: int) -> dict:
-    """Latency of `serve` answering top-k requests (k = RECSYS_TOP_K)."""
+# quality ---------------------------------------------------------------------------
+
+
+def neural_ranks(examples: pd.DataFrame, predictions: pd.DataFrame) -> np.ndarray:
+    """The training job's ranks (null = outside the top k) aligned with `examples`."""
+    keyed = predictions.assign(session_id=predictions["session_id"].astype(str),
+                               position=predictions["position"].astype(int))
+    merged = examples[["session_id", "position"]].merge(
+        keyed[["session_id", "position", "challenger_rank"]], on=["session_id", "position"], how="left",
+        indicator=True, validate="one_to_one")
+    if missing := int((merged["_merge"] != "both").sum()):
+        raise BenchError(f"the training job's predictions lack {missing} of {len(examples)} test examples")
+    return evaluation.ranks_from_predictions(merged["challenger_rank"])
+
+
+def oracle_ranks(examples: pd.DataFrame, day: dt.date, preset: str, seed: int) -> np.ndarray:
+    """The oracle's rank of every example's target (0 where the process cannot produce it),
+    with the same per-prefix computation as `oracle_metrics`."""
+    catalog = oracle_module._catalog(day, preset, "steady", seed)
+    pop_sorted = np.sort(catalog.pop_p)
+    out = np.zeros(len(examples), dtype=np.int64)
+    for row, (prefix, target) in enumerate(zip(examples["prefix"], examples["target"])):
+        rank = oracle_module._rank(catalog, pop_sorted, oracle_module.next_item(catalog, list(prefix)), target)
+        out[row] = 0 if math.isinf(rank) else int(rank)
+    return out
+
+
+@dataclass
+class Quality:
+    preset: str
+    window: tuple[dt.date, dt.date]
+    k: int
+    sessions: dict[str, int]
+    table: pd.DataFrame  # Comparison.table() plus ratio, coverage, popularity bias
+    strongest: str
+    difference: dict[str, float]  # neural - strongest baseline, MRR@k
+
+
+def quality(case: Case, splits: dict[str, pd.DataFrame], trained: Trained, k: int, seed: int) -> Quality:
+    label = case.preset
+    test, train_split = splits["test"], splits["train"]
+    examples = evaluation.examples(test)
+    say(f"{label}: ranking {len(examples)} test examples: baselines")
+    ranks: dict[str, np.ndarray] = {NEURAL: neural_ranks(examples, trained.predictions)}
+    lists: dict[str, dict[str, float]] = {}
+    baselines = evaluation.fit_baselines(train_split)
+    for baseline in baselines:
+        started = time.perf_counter()
+        recommendations = evaluation.recommend_all(baseline, examples["prefix"], k)
+        ranks[baseline.name] = evaluation.ranks_of(recommendations, examples["target"].to_list())
+        lists[baseline.name] = evaluation.list_metrics(recommendations, train_split)
+        say(f"{label}:   {baseline.name} ({time.perf_counter() - started:.0f}s)")
+    say(f"{label}: oracle")
+    ranks[ORACLE] = oracle_ranks(examples, case.end, case.preset, seed)
+    comparison = evaluation.Comparison.of(examples, ranks, k, train=train_split)
+    table = comparison.table([NEURAL, *(b.name for b in baselines), ORACLE])
+    oracle_mrr = float(comparison.metric(ORACLE, "mrr").mean())
+    table["mrr ratio to oracle"] = [
+        float(comparison.metric(model, "mrr").mean()) / oracle_mrr if oracle_mrr else float("nan")
+        for model in table["model"]
+    ]
+    table["coverage"] = [lists.get(model, {}).get("coverage", float("nan")) for model in table["model"]]
+    table["popularity bias"] = [lists.get(model, {}).get("popularity_bias", float("nan")) for model in table["model"]]
+    strongest = comparison.strongest([b.name for b in baselines], "mrr")
+    return Quality(
+        preset=case.preset, window=(case.start, case.end), k=k,
+        sessions={name: len(part) for name, part in splits.items()},
+        table=table, strongest=strongest, difference=comparison.summary(NEURAL, "mrr", against=strongest),
+    )
+
+
+# serving ---------------------------------------------------------------------------
+
+
+def run_cell(call, payloads, clients, max_requests, max_seconds, warm_up=2):
+    """Time `call(payload)` from `clients` threads until max_requests calls are done or
+    max_seconds have passed (whichever first). Returns the latencies (ms) and the elapsed s.
+    Stdlib only: the in-process measurement runs this same source in the training image's
+    interpreter."""
+    import threading as _threading
+    import time as _time
+
+    lock = _threading.Lock()
+    state = {"issued": 0}
+    latencies = []
+    errors = []
+
+    def worker(number):
+        try:
+            for i in range(warm_up):
+                call(payloads[(number + i) % len(payloads)])
+            barrier.wait()
+            while True:
+                with lock:
+                    if state["issued"] >= max_requests or _time.perf_counter() >= state["deadline"]:
+                        return
+                    index = state["issued"]
+                    state["issued"] += 1
+                started = _time.perf_counter()
+                call(payloads[index % len(payloads)])
+                elapsed = (_time.perf_counter() - started) * 1000
+                with lock:
+                    latencies.append(elapsed)
+        except BaseException as exc:  # reported once the cell is over
+            errors.append(exc)
+            barrier.abort()
+
+    def start():
+        state["started"] = _time.perf_counter()
+        state["deadline"] = state["started"] + max_seconds
+
+    barrier = _threading.Barrier(clients, action=start)
+    threads = [_threading.Thread(target=worker, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max_seconds + 120)
+    if errors and not isinstance(errors[0], _threading.BrokenBarrierError):
+        raise errors[0]
+    if errors:
+        raise next((e for e in errors if not isinstance(e, _threading.BrokenBarrierError)), errors[0])
+    return latencies, _time.perf_counter() - state.get("started", _time.perf_counter())
+
+
+def summarise(latencies: list[float], elapsed: float, batch: int) -> dict:
+    values = np.asarray(latencies, dtype=float)
+    rate = len(values) / elapsed if elapsed > 0 else float("nan")
+    return {"requests": len(values), "seconds": elapsed,
+            "p50_ms": float(np.percentile(values, 50)) if len(values) else float("nan"),
+            "p99_ms": float(np.percentile(values, 99)) if len(values) else float("nan"),
+            "requests_per_s": rate, "sessions_per_s": rate * batch}
+
+
+def request_batches(prefixes: list[list[str]], batch: int, count: int = 64) -> list[list[list[str]]]:
+    """`count` requests of `batch` sessions each, cycling through the test prefixes."""
+    return [[prefixes[(i * batch + j) % len(prefixes)] for j in range(batch)] for i in range(count)]
+
+
+def serve_options() -> str:
+    return subprocess.run([str(TRAIN_VENV / "bin" / "serve"), "--help"], capture_output=True, text=True,
+                          timeout=60).stdout
+
+
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    serve = subprocess.Popen(
-        [str(REPO_ROOT / ".venv-train" / "bin" / "serve"), "--host", "127.0.0.1", "--port", str(port),
-         "--model-dir", str(settings.endpoint_dir / "current")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_model(url)
-        results = {}
-        for batch in (1, 100):
-            payload = {"sessions": (sessions * (batch // len(sessions) + 1))[:batch], "k": settings.top_k}
-            requests.post(f"{url}/invocations", json=payload, timeout=30).raise_for_status()  # warm-up
-            timings = []
-            for _ in range(requests_per_case):
-                started = time.perf_counter()
-                requests.post(f"{url}/invocations", json=payload, timeout=30).raise_for_status()
-                timings.append((time.perf_counter() - started) * 1000)
-            timings.sort()
-            results[f"batch_{batch}"] = {
-                "requests": len(timings),
-                "p50_ms": statistics.median(timings),
-                "p95_ms": timings[int(0.95 * (len(timings) - 1))],
-            }
-        return results
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
+        return sock.getsockname()[1]
 
 
-def _wait_for_model(url: str) -> None:
-    for _ in range(120):
+class Server:
+    """The training image's `serve` on loopback, started and always stopped."""
+
+    def __init__(self, model_dir: Path, workers: int | None, log_path: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [str(TRAIN_VENV / "bin" / "serve"), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--model-dir", str(model_dir)]
+        if workers:
+            command += ["--workers", str(workers)]
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"serve exited with {self.proc.returncode}; see {self._log.name}")
+            try:
+                response = requests.get(f"{self.url}/ping", timeout=2)
+                if response.status_code == 200 and (version := response.json().get("model_version")):
+                    return version
+            except (requests.RequestException, ValueError):  # not listening yet, or no JSON
+                pass
+            time.sleep(0.5)
+        raise BenchError(f"serve at {self.url} did not load its model within {timeout:.0f}s; see {self._log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=20)
+        self._log.close()
+
+
+def http_cells(server: Server, prefixes: list[list[str]], k: int, plan: Plan, label: str, workers: int) -> list[dict]:
+    rows = []
+    local = threading.local()
+
+    def call(body: bytes) -> None:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        response = session.post(f"{server.url}/invocations", data=body,
+                                headers={"content-type": "application/json"}, timeout=60)
+        response.raise_for_status()
+
+    for batch in plan.batch_sizes:
+        bodies = [json.dumps({"sessions": sessions, "k": k}).encode() for sessions in request_batches(prefixes, batch)]
+        for clients in plan.clients:
+            latencies, elapsed = run_cell(call, bodies, clients, plan.requests_per_cell, plan.seconds_per_cell)
+            row = {"path": "HTTP serve", "workers": workers, "batch": batch, "clients": clients,
+                   **summarise(latencies, elapsed, batch)}
+            say(f"{label}: HTTP, {workers} worker(s), {batch} session(s)/request, {clients} client(s): "
+                f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['requests_per_s']:.1f} req/s")
+            rows.append(row)
+    return rows
+
+
+_IN_PROCESS = """
+import json, sys, time
+from pathlib import Path
+import pyarrow as pa, pyarrow.parquet as pq
+from recsys_model.bundle import load_model_dir
+from recsys_model.serve import ServingModel
+
+spec = json.loads(Path(sys.argv[1]).read_text())
+started = time.perf_counter()
+model = ServingModel(load_model_dir(Path(spec["model_dir"])))
+model.warm_up()
+out = {"load_s": time.perf_counter() - started, "cells": []}
+k = spec["k"]
+prefixes, lists = spec["prefixes"], []
+for start in range(0, len(prefixes), 500):
+    lists += [[r["sku"] for r in rec] for rec in model.recommend(prefixes[start:start + 500], k)]
+pq.write_table(pa.table({"top_k": pa.array(lists, type=pa.list_(pa.string()))}), spec["lists_out"])
+print("ready", flush=True)
+if sys.stdin.readline().strip() != "go":  # the parent measures something else first
+    sys.exit(0)
+for batch, payloads in spec["payloads"]:
+    for clients in spec["clients"]:
+        latencies, elapsed = run_cell(lambda sessions: model.recommend(sessions, k), payloads, clients,
+                                      spec["max_requests"], spec["max_seconds"])
+        out["cells"].append({"batch": batch, "clients": clients, "latencies": latencies, "elapsed": elapsed})
+Path(spec["out"]).write_text(json.dumps(out))
+"""
+
+
+class InProcess:
+    """The server's own recommend() in the training image's interpreter (this one has no
+    TensorFlow). It starts at once, loads the model and writes the top-k list of every test
+    prefix, then waits: its latency cells run only when `measure` is called, once nothing
+    else is running."""
+
+    def __init__(self, model_dir: Path, prefixes: list[list[str]], all_prefixes: list[list[str]], k: int,
+                 plan: Plan, work: Path, label: str):
+        import inspect
+
+        self.label, self.k = label, k
+        self.out, self.lists_path = work / "in_process_out.json", work / "lists.parquet"
+        spec_path = work / "in_process.json"
+        spec_path.write_text(json.dumps({
+            "model_dir": str(model_dir), "k": k, "out": str(self.out), "clients": list(plan.clients),
+            "max_requests": plan.requests_per_cell, "max_seconds": plan.seconds_per_cell,
+            "payloads": [[batch, request_batches(prefixes, batch)] for batch in plan.batch_sizes],
+            "lists_out": str(self.lists_path), "prefixes": all_prefixes}))
+        self._stderr = (work / "in_process.log").open("w")
+        script = inspect.getsource(run_cell) + _IN_PROCESS
+        self.proc = subprocess.Popen([str(TRAIN_VENV / "bin" / "python"), "-c", script, str(spec_path)],
+                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+
+    def _failed(self, what: str) -> BenchError:
+        self.stop()
+        log = Path(self._stderr.name).read_text()[-3000:]
+        return BenchError(f"{self.label}: the in-process measurement {what}: {log}")
+
+    def lists(self, timeout: float = 1800) -> list[list[str]]:
+        """Wait until the model is loaded and every prefix answered; the top-k lists."""
+        reply: list[str] = []
+        reader = threading.Thread(target=lambda: reply.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not reply or reply[0].strip() != "ready":
+            raise self._failed("did not get ready")
+        return pd.read_parquet(self.lists_path)["top_k"].map(list).to_list()
+
+    def measure(self, timeout: float = 1800) -> list[dict]:
         try:
-            if requests.get(f"{url}/ping", timeout=2).json().get("model_version"):
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the endpoint at {url} did not load the champion within 60 s")
+            self.proc.communicate("go\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise self._failed(f"took over {timeout:.0f}s") from None
+        if self.proc.returncode != 0 or not self.out.exists():
+            raise self._failed(f"failed (exit {self.proc.returncode})")
+        self._stderr.close()
+        rows = []
+        for cell in json.loads(self.out.read_text())["cells"]:
+            row = {"path": "in-process recommend()", "workers": None, "batch": cell["batch"],
+                   "clients": cell["clients"], **summarise(cell["latencies"], cell["elapsed"], cell["batch"])}
+            say(f"{self.label}: in process, {row['batch']} session(s)/call, {row['clients']} client(s): "
+                f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['requests_per_s']:.1f} calls/s")
+            rows.append(row)
+        return rows
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        if not self._stderr.closed:
+            self._stderr.close()
+
+
+# the report ------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = "unknown memory"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+                break
+    except OSError:
+        pass
+    try:
+        nproc = subprocess.run(["nproc"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        nproc = str(len(os.sched_getaffinity(0)))
+    return {"nproc": nproc, "cpu": cpu, "memory": memory, "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}"}
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError:
+        return ""
+
+
+def code_versions() -> dict[str, str]:
+    dirty = bool(_git("status", "--porcelain", "--", "training_image"))
+    return {"repository": _git("rev-parse", "--short", "HEAD") or "unknown",
+            "training_image": (_git("log", "-1", "--format=%h", "--", "training_image") or "unknown")
+            + (" + uncommitted changes" if dirty else "")}
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.{digits}f}"
+
+
+def md_table(headers: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+@dataclass
+class Results:
+    k: int
+    seed: int
+    quality: list[Quality] = field(default_factory=list)
+    training: list[dict] = field(default_factory=list)
+    serving: list[dict] = field(default_factory=list)  # each row carries its preset and vocabulary
+    model_info: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def render(results: Results, command: str, plan: Plan, started: dt.datetime, elapsed_s: float,
+           versions: dict[str, str]) -> str:
+    k, info = results.k, machine()
+    out = [
+        "# Benchmarks",
+        "",
+        f"Written by {command} on {started:%Y-%m-%d %H:%M} UTC (took {elapsed_s / 60:.1f} min).",
+        "",
+        f"- machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}, {info['memory']} memory, {info['system']}, "
+        f"Python {info['python']}; shared with other work while it ran, so timings are indicative",
+        f"- code: repository {versions['repository']}, training_image/ at {versions['training_image']}",
+        f"- k = {k} (RECSYS_TOP_K), simulator seed {results.seed}, scenario steady; hyperparameters: the training "
+        f"image's defaults" + "".join(f", {name}={value}" for name, value in plan.hyperparameters.items())
+        + "".join(f", epochs={plan.epochs or c.epochs} for {c.preset}" for c in plan.cases
+                  if plan.epochs or c.epochs),
+    ]
+    for name, meta in results.model_info.items():
+        versions_ = meta.get("versions") or {}
+        out.append(f"- {name} model: {meta.get('n_items', '?')} items in its vocabulary"
+                   + (f", TensorFlow {versions_['tensorflow']}" if versions_.get("tensorflow") else ""))
+    out += [
+        "",
+        "Each preset's window is simulated, split as the export splits it (last day test, the day before "
+        "validation, the rest train) and trained on by the training image's `train` as a local process. Every "
+        "model ranks the next item of every prefix of every test session. `oracle` is the Bayes-optimal ranking "
+        "of the process that made the data: the ceiling of every model on average. Intervals are 95 % bootstrap "
+        "intervals over test sessions; the paired difference resamples the same sessions for both models. "
+        "Coverage: share of the train split's items that appear in some top-k list; popularity bias: the mean "
+        "share of train interactions held by a recommended item.",
+        "",
+        "## Quality",
+    ]
+    for q in results.quality:
+        t = q.table
+        out += ["", f"### {q.preset}: {q.window[0]} to {q.window[1]} "
+                    f"({(q.window[1] - q.window[0]).days + 1} days; test day {q.window[1]})", "",
+                f"Sessions train / validation / test: {q.sessions['train']} / {q.sessions['validation']} / "
+                f"{q.sessions['test']}; test examples: {int(t['examples'].iloc[0])}.", ""]
+        headers = ["model", f"HR@{k}", "95% CI", f"MRR@{k}", "95% CI", f"NDCG@{k}", "95% CI", "MRR / oracle",
+                   "coverage", "popularity bias"]
+        rows = [[r["model"], _num(r[f"hr@{k}"], 4), r[f"hr@{k} 95% CI"], _num(r[f"mrr@{k}"], 4),
+                 r[f"mrr@{k} 95% CI"], _num(r[f"ndcg@{k}"], 4), r[f"ndcg@{k} 95% CI"],
+                 _num(r["mrr ratio to oracle"], 3), _num(r["coverage"], 3), _num(r["popularity bias"], 4)]
+                for _, r in t.iterrows()]
+        out += md_table(headers, rows)
+        d = q.difference
+        out += ["", f"Paired difference, {NEURAL} − {q.strongest} (the strongest baseline by MRR@{k}): "
+                    f"MRR@{k} {d['mean']:+.4f}, 95% CI [{d['low']:+.4f}, {d['high']:+.4f}]"
+                    + (" (the interval excludes 0)" if d["low"] > 0 or d["high"] < 0 else
+                       " (the interval includes 0)") + ".",
+                "",
+                f"MRR@{k} by slice (prefix length; target already in the session; long-tail target = outside the "
+                f"items that make up {evaluation.HEAD_SHARE:.0%} of train interactions):", ""]
+        slice_columns = [c for c in t.columns if c.startswith(f"mrr@{k} ") and "CI" not in c]
+        out += md_table(["model", *(c[len(f"mrr@{k} "):] for c in slice_columns)],
+                        [[r["model"], *(_num(r[c], 4) for c in slice_columns)] for _, r in t.iterrows()])
+    out += ["", "## Training", "",
+            "`train` as a local process on the preset's dataset. Examples: next-item examples of the train "
+            "split, counted once per epoch run. Fit s: the epochs' own seconds from history.json (each includes "
+            "its validation pass; the first also traces the graphs). Wall s: the whole process, TensorFlow "
+            "start-up, test evaluation and writing the model included. Logged: the examples/s `train` itself "
+            "logs for its last epoch (fitting only), where it logs one.", ""]
+    out += md_table(
+        ["preset", "window", "train sessions", "train examples", "epochs run / max", "best epoch", "fit s",
+         "examples/s (fit)", "examples/s (epochs after the first)", "examples/s (logged)", "wall s",
+         "examples/s (wall)"],
+        [[r["preset"], r["window"], r["train_sessions"], r["train_examples"],
+          f"{_num(r['epochs_run'])} / {r['epochs_max'] if r['epochs_max'] is not None else 'default'}",
+          _num(r["best_epoch"]), _num(r["fit_s"], 1), _num(r["examples_per_s_fit"], 0),
+          _num(r["examples_per_s_steady"], 0), _num(r["examples_per_s_logged"], 0), _num(r["wall_s"], 1),
+          _num(r["examples_per_s_wall"], 0)] for r in results.training])
+    out += ["", "## Serving", "",
+            f"Requests of test-day session prefixes for k = {k}. HTTP: the training image's `serve` on 127.0.0.1 "
+            "(keep-alive connections, one per client thread; client and server share the machine's CPUs). "
+            "In process: the server's own `ServingModel.recommend()` called directly in the training image's "
+            f"interpreter, no HTTP or JSON. Each cell: at most {plan.requests_per_cell} requests or "
+            f"{plan.seconds_per_cell:g} s, after 2 warm-up requests per client.", ""]
+    out += md_table(
+        ["model", "path", "uvicorn workers", "sessions/request", "clients", "requests", "p50 ms", "p99 ms",
+         "requests/s", "sessions/s"],
+        [[r["preset"], r["path"], _num(r["workers"]) if r["workers"] else "–", r["batch"], r["clients"],
+          r["requests"], _num(r["p50_ms"], 2), _num(r["p99_ms"], 2), _num(r["requests_per_s"], 1),
+          _num(r["sessions_per_s"], 0)] for r in results.serving])
+    if results.notes:
+        out += ["", "Notes:", ""] + [f"- {note}" for note in results.notes]
+    return "\n".join(out) + "\n"
+
+
+# the run ---------------------------------------------------------------------------
+
+
+def serving_prefixes(examples: pd.DataFrame, seed: int, count: int = 2048) -> list[list[str]]:
+    """Test prefixes in a fixed shuffled order, as request sessions."""
+    order = np.random.default_rng(seed).permutation(len(examples))[:count]
+    return [list(examples["prefix"].iloc[i]) for i in order]
+
+
+def bench_case(case: Case, plan: Plan, k: int, seed: int, work: Path, results: Results,
+               workers_supported: bool) -> None:
+    label = f"{case.preset} ({case.days} days)"
+    say(f"{label}: simulating {case.start} .. {case.end} (seed {seed})")
+    splits = simulate(case, seed)
+    say(f"{label}: sessions " + ", ".join(f"{name} {len(part)} ({n_examples(part)} examples)"
+                                        for name, part in splits.items()))
+    root = work / case.preset / "ml"
+    epochs = plan.epochs or case.epochs
+    hyperparameters = {"model_version": f"bench-{case.preset}-{case.days}d", "top_k": str(k),
+                       **({"epochs": str(epochs)} if epochs else {}), **plan.hyperparameters}
+    prepare_job(root, splits, hyperparameters)
+    say(f"{label}: training ({TRAIN_VENV.name}/bin/train, RECSYS_ML_ROOT={root})")
+    trained = train(root, label)
+    row = training_row(case.preset, splits, trained)
+    meta_file = trained.model_dir / "metadata.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    row["window"] = f"{case.start} to {case.end} ({case.days} days)"
+    row["epochs_max"] = (meta.get("hyperparameters") or {}).get("epochs", epochs)
+    results.training.append(row)
+    say(f"{label}: trained in {trained.wall_s:.0f}s, {_num(row['epochs_run'])} epoch(s), "
+        f"{_num(row['examples_per_s_fit'], 0)} examples/s while fitting")
+    results.model_info[case.preset] = meta
+
+    examples = evaluation.examples(splits["test"])
+    prefixes = serving_prefixes(examples, seed)
+    # The server and the in-process helper start TensorFlow and load the model while the
+    # baselines are ranked; nothing is timed until both are ready.
+    folder = work / case.preset
+    helper = InProcess(trained.model_dir, prefixes, [list(p) for p in examples["prefix"]], k, plan, folder, label)
+    try:
+        server = Server(trained.model_dir, None, folder / "serve.log")
+        try:
+            result = quality(case, splits, trained, k, seed)
+            say(f"{label}: waiting for `serve` and the in-process helper to load the model")
+            server.wait_ready()
+            lists = helper.lists()
+            say(f"{label}: HTTP serving (serve --model-dir {trained.model_dir})")
+            results.serving += [{"preset": case.preset, **r}
+                                for r in http_cells(server, prefixes, k, plan, label, 1)]
+        finally:
+            server.stop()
+        if workers_supported:
+            server = Server(trained.model_dir, 2, folder / "serve2.log")
+            try:
+                server.wait_ready()
+                results.serving += [{"preset": case.preset, **r}
+                                    for r in http_cells(server, prefixes, k, plan, label, 2)]
+            finally:
+                server.stop()
+        say(f"{label}: in-process serving")
+        results.serving += [{"preset": case.preset, **r} for r in helper.measure()]
+    finally:
+        helper.stop()
+    listed = evaluation.list_metrics(lists, splits["train"])
+    neural = result.table["model"] == NEURAL
+    result.table.loc[neural, "coverage"] = listed["coverage"]
+    result.table.loc[neural, "popularity bias"] = listed["popularity_bias"]
+    served = evaluation.ranks_of(lists, examples["target"].to_list())
+    agree = float(np.mean(served == neural_ranks(examples, trained.predictions)))
+    results.notes.append(f"{case.preset}: the neural model's coverage and popularity bias come from the top-{k} "
+                         f"lists its server code answers for the test prefixes; they rank the target where "
+                         f"`train`'s test_predictions.parquet does for {agree:.1%} of test examples.")
+    results.quality.append(result)
+    q = result.table.set_index("model")
+    for model in q.index:
+        say(f"{label}: {model:15s} HR@{k} {q.loc[model, f'hr@{k}']:.4f}  MRR@{k} {q.loc[model, f'mrr@{k}']:.4f}"
+            f"  ({q.loc[model, 'mrr ratio to oracle']:.0%} of the oracle)")
+    d = result.difference
+    say(f"{label}: {NEURAL} - {result.strongest}: MRR@{k} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
+
+
+def _parse_cases(text: str) -> tuple[Case, ...]:
+    cases = []
+    for part in text.split(","):
+        preset, _, rest = part.strip().partition(":")
+        days, _, epochs = rest.partition(":")
+        if preset not in PRESETS or not days.isdigit() or int(days) < 3 or (epochs and not epochs.isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected PRESET:DAYS[:EPOCHS] with PRESET one of {', '.join(PRESETS)} and DAYS >= 3, "
+                "e.g. demo:14 or coveo:5:2")
+        cases.append(Case(preset, int(days), int(epochs) if epochs else None))
+    return tuple(cases)
+
+
+def _parse_hp(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE, e.g. batch_size=512")
+    return name.strip(), value.strip()
+
+
+def parser() -> argparse.ArgumentParser:
+    def spell(cases):
+        return ",".join(f"{c.preset}:{c.days}" + (f":{c.epochs}" if c.epochs else "") for c in cases)
+
+    full, quick = spell(FULL["cases"]), spell(QUICK["cases"])
+    p = argparse.ArgumentParser(prog="python -m recsys.dev.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"the CI check: {quick} (preset:days:epochs), {QUICK['requests_per_cell']} requests "
+                        f"or {QUICK['seconds_per_cell']:g} s per serving cell; writes to a temporary file unless "
+                        "--out is given")
+    p.add_argument("--out", type=Path,
+                   help=f"where the markdown table goes (default: {DEFAULT_OUT.name} at the repository root; "
+                        "with --quick a temporary file)")
+    p.add_argument("--json", type=Path, help="also write the numbers as JSON here")
+    p.add_argument("--presets", type=_parse_cases, metavar="PRESET:DAYS[:EPOCHS],...",
+                   help=f"simulator presets, window lengths and epoch ceilings (default: {full}; with --quick "
+                        f"{quick}; without EPOCHS the training image's default)")
+    p.add_argument("--epochs", type=int, help="maximum training epochs for every preset (overrides the above)")
+    p.add_argument("--hp", type=_parse_hp, action="append", default=[], metavar="NAME=VALUE",
+                   help="another training hyperparameter (repeatable)")
+    p.add_argument("--requests", type=int, help=f"timed requests per serving cell (default "
+                                                f"{FULL['requests_per_cell']}; quick {QUICK['requests_per_cell']})")
+    p.add_argument("--seconds", type=float, help=f"time limit of one serving cell (default "
+                                                 f"{FULL['seconds_per_cell']:g}; quick {QUICK['seconds_per_cell']:g})")
+    p.add_argument("--seed", type=int, help="simulator seed (default RECSYS_SIM_SEED, 7)")
+    p.add_argument("--workdir", type=Path, help="keep the datasets, models and server logs here "
+                                                "(default: a temporary folder, removed at the end)")
+    return p
+
+
+def _command(argv: list[str]) -> str:
+    python = sys.executable
+    try:
+        python = os.path.relpath(python, REPO_ROOT) if Path(python).is_relative_to(REPO_ROOT) else python
+    except ValueError:
+        pass
+    command = f"`{shlex.join([python, '-m', 'recsys.dev.bench', *argv])}`"
+    if os.environ.get("MAKELEVEL") and argv in ([], ["--quick"]):
+        return f"`make {'bench-quick' if argv else 'bench'}` ({command})"
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=200, help="timed requests per batch size (default 200)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    plan = Plan(
+        cases=args.presets or defaults["cases"],
+        epochs=args.epochs if args.epochs is not None else defaults["epochs"],
+        hyperparameters=dict(args.hp),
+        requests_per_cell=args.requests or defaults["requests_per_cell"],
+        seconds_per_cell=args.seconds or defaults["seconds_per_cell"],
+    )
     settings = Settings.from_env()
-    champion = tracking.current_champion(settings)
-    if champion is None:
-        print(f"no champion in {settings.home}: run `make demo` first", file=sys.stderr)
+    k, seed = settings.top_k, settings.sim_seed if args.seed is None else args.seed
+    if not (TRAIN_VENV / "bin" / "train").exists():
+        print(f"{TRAIN_VENV}/bin/train is missing: run `make venvs` first", file=sys.stderr)
         return 2
-    k = settings.top_k
-    print(f"benchmarking champion {champion.model_version} at k={k} (preset {settings.sim_preset}, "
-          f"home {settings.home})")
+    if args.out:
+        out = args.out
+    elif args.quick:
+        out = Path(tempfile.mkdtemp(prefix="recsys-bench-")) / "BENCHMARKS.md"
+    else:
+        out = DEFAULT_OUT
+    started = dt.datetime.now(dt.UTC)
+    versions = code_versions()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-work-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"bench at k={k}: " + ", ".join(
+        f"{c.preset} {c.days} days ({plan.epochs or c.epochs or 'default'} epochs)" for c in plan.cases)
+        + f"; work folder {work}")
+    workers_supported = "--workers" in serve_options()
+    results = Results(k=k, seed=seed)
+    if not workers_supported:
+        results.notes.append("`serve` has no option for several uvicorn workers (its command line takes "
+                             "--host, --port, --model-dir and --poll-interval only), so only 1 worker is measured.")
     try:
-        report = {"champion": champion.model_version, "quality": quality(settings, champion)}
+        for case in plan.cases:
+            bench_case(case, plan, k, seed, work, results, workers_supported)
     except BenchError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    for name in ("most_popular", "champion", "oracle"):
-        row = report["quality"][name]
-        print(f"  {name:13s} HR@{k} {row[f'hr_at_{k}']:.4f} ({row['hr_ratio_to_oracle']:.0%} of oracle)  "
-              f"MRR@{k} {row[f'mrr_at_{k}']:.4f} ({row['mrr_ratio_to_oracle']:.0%} of oracle)")
-    test = load_sessions(settings, champion.dataset_uri, splits=("test",))
-    report["latency"] = latency(settings, [list(s[:-1]) for s in test["items"].head(200)], args.requests)
-    for case, row in report["latency"].items():
-        print(f"  serve {case:9s} p50 {row['p50_ms']:.1f} ms  p95 {row['p95_ms']:.1f} ms  ({row['requests']} requests)")
-    out = settings.home / "bench" / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.monotonic() - _STARTED
+    if (now := code_versions())["training_image"] != versions["training_image"]:
+        results.notes.append(f"training_image/ changed while the benchmark ran: {versions['training_image']} at the "
+                             f"start, {now['training_image']} at the end; rerun for numbers of one version.")
+        say(f"warning: {results.notes[-1]}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written to {out}")
+    out.write_text(render(results, _command(argv), plan, started, elapsed, versions))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_as_json(results), indent=2, default=str))
+    say(f"table written to {out}")
     return 0
+
+
+def _as_json(results: Results) -> dict:
+    return {
+        "k": results.k, "seed": results.seed,
+        "quality": [{"preset": q.preset, "window": [str(q.window[0]), str(q.window[1])], "sessions": q.sessions,
+                     "models": q.table.to_dict(orient="records"), "strongest_baseline": q.strongest,
+                     "neural_minus_strongest_mrr": q.difference}
+                    for q in results.quality],
+        "training": results.training, "serving": results.serving, "notes": results.notes,
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,151 @@
+"""`make bench`: sessions built as the export builds them, serving cells that stop by
+themselves, and the quick mode end to end (tiny preset) with every row of its table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from recsys.dev import bench
+from recsys.settings import REPO_ROOT
+
+MODELS = ("neural", "most_popular", "recent_popular", "transitions", "session_knn", "oracle")
+# The oracle is Bayes-optimal on average; on a finite test day a model may edge past it by noise.
+ORACLE_TOLERANCE = 0.02
+DAY = dt.date(2026, 3, 4)
+
+
+def _event(session, ms, event_type, action, sku, url="u"):
+    return {"session_id_hash": session, "event_type": event_type, "product_action": action,
+            "product_sku_hash": sku, "server_timestamp_epoch_ms": ms, "hashed_url": url}
+
+
+def test_sessions_hold_product_interactions_in_time_order_as_the_export_does():
+    rows = [
+        _event("s1", 30, "event_product", "purchase", "c"),
+        _event("s1", 20, "event_product", "add", "b"),
+        _event("s1", 20, "event_product", "detail", "b"),  # same millisecond: look before add
+        _event("s1", 20, "pageview", None, "b"),
+        _event("s1", 10, "event_product", "detail", "a"),
+        _event("s1", 40, "event_product", "remove", "c"),  # removals are not interactions
+        _event("s1", 50, "pageview", None, None),
+        _event("s2", 10, "event_product", "detail", "x"),  # one interaction: no next item to learn
+    ]
+    rows += [_event("s3", ms, "event_product", "detail", f"i{ms}") for ms in range(60)]
+    sessions = bench.interaction_sessions(pd.DataFrame(rows), DAY).set_index("session_id")
+
+    assert sessions.loc["s1", "items"] == ["a", "b", "b", "c"]
+    assert "s2" not in sessions.index
+    assert sessions.loc["s3", "items"] == [f"i{ms}" for ms in range(10, 60)]  # the last 50 kept
+    assert set(sessions["session_date"]) == {DAY.isoformat()}
+
+
+def test_the_window_splits_into_train_validation_and_test_days():
+    splits = bench.simulate(bench.Case("tiny", 4), seed=7)
+    assert set(splits["test"]["session_date"]) == {"2026-03-04"}
+    assert set(splits["validation"]["session_date"]) == {"2026-03-03"}
+    assert set(splits["train"]["session_date"]) == {"2026-03-01", "2026-03-02"}
+    assert all(2 <= len(items) <= 50 for part in splits.values() for items in part["items"])
+
+
+def test_the_oracle_ranks_each_example_as_oracle_metrics_scores_them():
+    from recsys import evaluation
+    from recsys.dev.simulator import oracle_metrics
+
+    test = bench.simulate(bench.Case("tiny", 3), seed=7)["test"]
+    ranks = bench.oracle_ranks(evaluation.examples(test), dt.date(2026, 3, 3), "tiny", seed=7)
+    expected = oracle_metrics([list(items) for items in test["items"]], dt.date(2026, 3, 3), k=20, preset="tiny",
+                              seed=7)
+    hits = (ranks >= 1) & (ranks <= 20)
+    assert len(ranks) == expected["positions"]
+    assert hits.mean() == pytest.approx(expected["hr_at_k"])
+    assert (hits / ranks.clip(min=1)).mean() == pytest.approx(expected["mrr_at_k"])
+
+
+def test_a_serving_cell_stops_at_its_request_count_or_its_time_limit():
+    calls = []
+    latencies, _ = bench.run_cell(calls.append, [1, 2, 3], clients=4, max_requests=10, max_seconds=30)
+    assert len(latencies) == 10 and len(calls) == 10 + 4 * 2  # plus each client's warm-up
+
+    started = time.monotonic()
+    latencies, elapsed = bench.run_cell(lambda _: time.sleep(0.05), [0], clients=2, max_requests=10**6,
+                                        max_seconds=0.5)
+    assert time.monotonic() - started < 5 and 0.4 < elapsed < 2 and 0 < len(latencies) < 100
+
+
+# the quick mode, end to end --------------------------------------------------------
+
+
+def _tables(markdown: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every markdown table of the text: its header and its rows."""
+    tables, block = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif block:
+            tables.append((block[0], block[2:]))
+            block = []
+    return tables
+
+
+def _table_with(tables, *columns):
+    found = [t for t in tables if all(c in t[0] for c in columns)]
+    assert found, f"no table with columns {columns}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def quick_table(tmp_path_factory) -> str:
+    train = REPO_ROOT / ".venv-train" / "bin" / "train"
+    if not train.exists():
+        pytest.skip(f"{train} is missing: the benchmark runs the training image's train and serve "
+                    "(create .venv-train with `make venvs`)")
+    out = tmp_path_factory.mktemp("bench") / "BENCHMARKS.md"
+    done = subprocess.run([sys.executable, "-m", "recsys.dev.bench", "--quick", "--out", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return out.read_text()
+
+
+def test_quick_mode_reports_every_model_with_metrics_between_0_and_1(quick_table):
+    header, rows = _table_with(_tables(quick_table), "model", "HR@20", "MRR@20", "NDCG@20", "MRR / oracle")
+    by_model = {row[0]: dict(zip(header, row)) for row in rows}
+    assert set(by_model) == set(MODELS)
+    for cells in rows:
+        model = cells[0]
+        # each metric is followed by its interval: HR@20 | 95% CI | MRR@20 | 95% CI | NDCG@20 | 95% CI
+        for metric in ("HR@20", "MRR@20", "NDCG@20"):
+            column = header.index(metric)
+            value, interval = float(cells[column]), cells[column + 1]
+            low, high = (float(x) for x in interval.strip("[]").split(","))
+            assert 0.0 <= low <= high <= 1.0 and 0.0 <= value <= 1.0, (model, metric, value, interval)
+            assert low - 1e-3 <= value <= high + 1e-3, (model, metric, value, interval)
+    oracle = float(by_model["oracle"]["MRR@20"])
+    for model, row in by_model.items():
+        assert oracle >= float(row["MRR@20"]) - ORACLE_TOLERANCE, (model, row["MRR@20"], oracle)
+    assert "Paired difference, neural −" in quick_table
+
+
+def test_quick_mode_reports_training_speed_and_serving_rows_with_positive_throughput(quick_table):
+    tables = _tables(quick_table)
+    header, rows = _table_with(tables, "preset", "wall s", "examples/s (fit)")
+    assert rows and all(float(dict(zip(header, row))["wall s"]) > 0 for row in rows)
+
+    header, rows = _table_with(tables, "path", "sessions/request", "clients", "p50 ms", "requests/s")
+    cells = {(row["path"], row["sessions/request"], row["clients"]): row
+             for row in (dict(zip(header, r)) for r in rows)}
+    for path in ("HTTP serve", "in-process recommend()"):
+        for batch in ("1", "32"):
+            for clients in ("1", "8"):
+                row = cells[(path, batch, clients)]
+                assert float(row["requests/s"]) > 0 and float(row["p50 ms"]) > 0, row
+
+
+def test_quick_mode_names_the_machine_and_the_command(quick_table):
+    assert "CPUs (`nproc`)" in quick_table and "memory" in quick_table
+    assert "-m recsys.dev.bench --quick" in quick_table
