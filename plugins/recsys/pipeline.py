@@ -129,6 +129,7 @@ def train_model(run: dict, dataset: dict) -> dict:
         layout=context.layout(settings),
         hyperparameters=hyperparameters(name, settings.hyperparameters, settings.top_k),
         champion_artifact_uri=champion.artifact_uri if champion else None,
+        tags={"recsys:dag_run_id": context.run_id, "recsys:model_version": name},
     )
     result = training.get_backend(settings).train(job)
     mlflow_run.log_params({f"hp_{k}": v for k, v in job.hyperparameters.items()})
@@ -184,7 +185,8 @@ def update_endpoint(run: dict, dataset: dict, trained: dict) -> dict:
     test = export.load_sessions(settings, dataset["uri"], splits=("test",))
     smoke = [list(items[:-1]) for items in test["items"].head(SMOKE_SESSIONS)] + [["unknown-sku"]]
     deployed = endpoint.get_backend(settings).deploy(
-        challenger.model_artifact_uri, challenger.model_version, smoke, settings.top_k
+        challenger.model_artifact_uri, challenger.model_version, smoke, settings.top_k,
+        tags={"recsys:dag_run_id": context.run_id, "recsys:model_version": challenger.model_version},
     )
     mlflow_run.set_tags({"endpoint": deployed.endpoint, "deployed_model_version": deployed.model_version})
     return deployed.to_xcom()

@@ -142,6 +142,10 @@ class RunLayout:
     def output(self, job_name: str, name: str) -> str:
         return f"{self.outputs(job_name)}/{name}"
 
+    def checkpoints(self, job_name: str) -> str:
+        """Where a job's /opt/ml/checkpoints is kept, shared by every attempt of it."""
+        return f"{self.training}/{job_name}/checkpoints"
+
     def predictions(self, job_name: str) -> str:
         return self.output(job_name, PREDICTIONS_FILE)
 

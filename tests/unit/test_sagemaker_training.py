@@ -263,3 +263,28 @@ def test_stop_leaves_finished_jobs_alone_and_tolerates_one_that_just_ended(setti
                               expected_params={"TrainingJobName": NAME})
         assert SageMakerTraining(settings, client).stop(NAME) == []
         stub.assert_no_pending_responses()
+
+
+class _TaskKilled(Exception):
+    """What Airflow's SIGTERM handler raises in a task being killed or timed out."""
+
+
+def test_a_killed_task_stops_the_job_it_was_waiting_for(settings, context, monkeypatch):
+    job = _job(settings, context)
+    client = _client()
+
+    def killed_while_waiting(name, limit_s):
+        raise _TaskKilled()
+
+    backend = SageMakerTraining(settings, client)
+    monkeypatch.setattr(backend, "_wait", killed_while_waiting)
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": []}, {"NameContains": NAME, "MaxResults": 100})
+        stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{NAME}"},
+                          training_config(settings, job))
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(NAME, "InProgress")]},
+                          {"NameContains": NAME, "MaxResults": 100})
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": NAME})
+        with pytest.raises(_TaskKilled):
+            backend.train(job)
+        stub.assert_no_pending_responses()

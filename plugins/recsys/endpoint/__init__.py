@@ -22,7 +22,10 @@ class Deployment:
 
 
 class EndpointBackend(Protocol):
-    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int) -> Deployment: ...
+    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int, *,
+               tags: dict[str, str] | None = None) -> Deployment:
+        """Serve the model, smoke-test it, and put the previous one back if it fails. ``tags``
+        label what the deploy creates (the DAG run), where the backend creates anything."""
 
 
 def get_backend(settings: Settings) -> EndpointBackend:

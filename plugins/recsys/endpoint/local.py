@@ -43,7 +43,8 @@ class LocalEndpoint:
         except requests.RequestException:
             return None
 
-    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int) -> Deployment:
+    def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int, *,
+               tags: dict[str, str] | None = None) -> Deployment:
         target = self._unpack(model_artifact_uri, model_version)
         previous = os.readlink(self.current) if self.current.is_symlink() else None
         self._point_to(target.relative_to(self.root))

@@ -55,7 +55,7 @@ def aws_tags(tags: dict[str, str]) -> list[dict]:
 
 def checkpoint_uri(job: TrainingJob) -> str:
     """Where a spot job saves /opt/ml/checkpoints, and where every attempt of it resumes from."""
-    return f"{job.layout.training}/{job.name}/checkpoints"
+    return job.layout.checkpoints(job.name)
 
 
 def _stopping_condition(settings: Settings) -> dict:
@@ -132,7 +132,11 @@ class SageMakerTraining:
             name = latest["TrainingJobName"]
             log.info("training job %s is already %s: attaching to it", name, status)
         stopping = config["StoppingCondition"]  # a spot job may wait for capacity beyond its run time
-        described = self._wait(name, int(stopping.get("MaxWaitTimeInSeconds", stopping["MaxRuntimeInSeconds"])))
+        try:
+            described = self._wait(name, int(stopping.get("MaxWaitTimeInSeconds", stopping["MaxRuntimeInSeconds"])))
+        except BaseException:  # the task is killed or timed out: no GPU job runs on unwatched
+            self.stop(job.name)
+            raise
         if described["TrainingJobStatus"] != "Completed":
             raise TrainingFailed(
                 f"training job {name} {described['TrainingJobStatus']}: {described.get('FailureReason', 'no reason given')}"
