@@ -72,3 +72,17 @@ lock:  ## re-resolve requirements/airflow.txt and test.txt from their .in files
 
 clean:  ## remove the demo's state (RECSYS_HOME) and dbt's build output
 	rm -rf $(RECSYS_HOME) dbt/target dbt/logs
+
+# The training image for SageMaker: the CUDA build for training jobs, the CPU build for the endpoint.
+ECR_REPOSITORY ?=
+AWS_REGION ?= $(shell aws configure get region 2>/dev/null)
+TAG ?= $(shell git rev-parse --short HEAD)
+push-training-image:  ## build the training image (gpu and cpu) and push it to ECR_REPOSITORY (TAG=git sha)
+	@test -n "$(ECR_REPOSITORY)" || { echo "set ECR_REPOSITORY=<account>.dkr.ecr.<region>.amazonaws.com/recsys-model" >&2; exit 2; }
+	aws ecr get-login-password --region $(AWS_REGION) | docker login --username AWS --password-stdin $(firstword $(subst /, ,$(ECR_REPOSITORY)))
+	docker build --build-arg TF_FLAVOUR=gpu -t $(ECR_REPOSITORY):$(TAG) training_image
+	docker build --build-arg TF_FLAVOUR=cpu -t $(ECR_REPOSITORY):$(TAG)-cpu training_image
+	docker push $(ECR_REPOSITORY):$(TAG)
+	docker push $(ECR_REPOSITORY):$(TAG)-cpu
+	@echo "RECSYS_SAGEMAKER_IMAGE_URI=$(ECR_REPOSITORY):$(TAG)"
+	@echo "RECSYS_SAGEMAKER_SERVING_IMAGE_URI=$(ECR_REPOSITORY):$(TAG)-cpu"
