@@ -8,7 +8,7 @@ DBT_VENV := .venv-dbt
 TRAIN_VENV := .venv-train
 MANIFEST := dbt/target/manifest.json
 
-.PHONY: help venvs test test-unit test-training demo serve bench bench-quick lock clean
+.PHONY: help venvs test test-unit test-container test-training demo serve bench bench-quick lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test: venvs  ## run every test (unit, integration, training image, end to end)
 test-unit: venvs  ## the fast tests only
 	$(VENV)/bin/pytest tests/unit
 	$(TRAIN_VENV)/bin/pytest tests/training_image
+
+test-container: $(VENV)/.ok  ## the training image under SageMaker's container contract (Docker; builds recsys-model:cpu)
+	.ci/container-contract
 
 demo: venvs  ## one nightly run on local defaults (DATE=YYYY-MM-DD to pick the day)
 	$(VENV)/bin/python -m recsys.dev.demo $(if $(DATE),--date $(DATE))
