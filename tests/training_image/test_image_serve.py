@@ -334,3 +334,42 @@ def test_a_broken_new_model_keeps_the_old_one_serving(tmp_path: Path, models):
         assert _recommend(client, [["sku-010"]], k=1)[0][0]["sku"] == "sku-073"
         _point(link, models["v2"])
         _wait_for_version(client, "v2")
+
+
+def test_serve_runs_several_worker_processes_on_one_port(models, tmp_path: Path):
+    """`serve --workers 2`: every worker loads the model and answers on the same port."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from conftest import console_script
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    link = tmp_path / "current"
+    _point(link, models["v1"])
+    proc = subprocess.Popen([console_script("serve"), "--host", "127.0.0.1", "--port", str(port),
+                             "--model-dir", str(link), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, ready = time.monotonic() + 120, False
+        while time.monotonic() < deadline and not ready:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    ready = json.load(response)["model_version"] == "v1"
+            except OSError:
+                time.sleep(0.5)
+        assert ready, "serve --workers 2 never answered /ping with the model"
+        for _ in range(40):  # connections spread over the workers
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                             data=json.dumps({"sessions": [["sku-001"]], "k": 3}).encode(),
+                                             headers={"Content-Type": "application/json", "Connection": "close"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = json.load(response)
+            assert body["model_version"] == "v1" and len(body["recommendations"][0]) == 3
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=60)[0]
+    assert "with 2 worker(s)" in output
+    assert output.count("Started server process") == 2, output[-2000:]

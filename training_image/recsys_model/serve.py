@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="serve",
         description=(
-            "Serve next-item recommendations over HTTP. GET /ping answers 200 "
-            '(status "ok" with the model_version, or "no model" before the first model). '
+            "Serve next-item recommendations over HTTP. GET /ping answers 200 with the model_version "
+            '(503 with status "no model" before the first model: not ready for traffic). '
             'POST /invocations takes {"sessions": [["sku", ...], ...], "k": 20} and returns '
             '{"recommendations": [[{"sku", "score"}, ...], ...], "model_version"}. '
             "The model directory is watched; re-pointing it (e.g. a symlink) swaps the model live."
@@ -339,15 +339,36 @@ def main(argv: list[str] | None = None) -> int:
         "(default: ROOT/model, ROOT being $RECSYS_ML_ROOT or /opt/ml)",
     )
     parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between model directory checks")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", 1)),
+        help="server processes, each with its own copy of the model "
+        "(default: $SAGEMAKER_MODEL_SERVER_WORKERS or 1; see BENCHMARKS.md for when more pay)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
 
     import uvicorn
 
     model_dir = args.model_dir or Paths.from_env().model_dir
-    log.info("serving %s on %s:%d", model_dir, args.host, args.port)
-    uvicorn.run(create_app(model_dir, args.poll_interval), host=args.host, port=args.port, log_level="info")
+    log.info("serving %s on %s:%d with %d worker(s)", model_dir, args.host, args.port, args.workers)
+    if args.workers > 1:  # each worker process builds its own app (and model watcher) from the environment
+        os.environ[_MODEL_DIR_ENV], os.environ[_POLL_ENV] = str(model_dir), str(args.poll_interval)
+        uvicorn.run("recsys_model.serve:app_from_environment", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level="info")
+    else:
+        uvicorn.run(create_app(model_dir, args.poll_interval), host=args.host, port=args.port, log_level="info")
     return 0
+
+
+_MODEL_DIR_ENV, _POLL_ENV = "RECSYS_SERVE_MODEL_DIR", "RECSYS_SERVE_POLL_INTERVAL"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process when serve runs several."""
+    configure_logging()
+    return create_app(Path(os.environ[_MODEL_DIR_ENV]), float(os.environ[_POLL_ENV]))
 
 
 if __name__ == "__main__":
