@@ -8,7 +8,7 @@ DBT_VENV := .venv-dbt
 TRAIN_VENV := .venv-train
 MANIFEST := dbt/target/manifest.json
 
-.PHONY: help venvs test test-unit test-container test-training demo serve bench bench-quick lock clean
+.PHONY: help venvs test test-unit test-cloud test-container test-training demo serve bench bench-quick lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,11 @@ test: venvs  ## run every test (unit, integration, training image, end to end)
 test-unit: venvs  ## the fast tests only
 	$(VENV)/bin/pytest tests/unit
 	$(TRAIN_VENV)/bin/pytest tests/training_image
+
+# the cloud boxes against local emulators (no cloud account); `make test` runs these too
+CLOUD_TESTS := tests/integration/test_dbt_snowflake.py
+test-cloud: venvs  ## the cloud half on emulators: dbt's Snowflake SQL on fakesnow's server
+	$(VENV)/bin/pytest $(CLOUD_TESTS)
 
 test-container: $(VENV)/.ok  ## the training image under SageMaker's container contract (Docker; builds recsys-model:cpu)
 	.ci/container-contract
