@@ -136,14 +136,16 @@ def test_quick_mode_reports_training_speed_and_serving_rows_with_positive_throug
     header, rows = _table_with(tables, "preset", "wall s", "examples/s (fit)")
     assert rows and all(float(dict(zip(header, row))["wall s"]) > 0 for row in rows)
 
-    header, rows = _table_with(tables, "path", "sessions/request", "clients", "p50 ms", "requests/s")
-    cells = {(row["path"], row["sessions/request"], row["clients"]): row
+    header, rows = _table_with(tables, "path", "uvicorn workers", "sessions/request", "clients", "p50 ms",
+                               "requests/s")
+    cells = {(row["path"], row["uvicorn workers"], row["sessions/request"], row["clients"]): row
              for row in (dict(zip(header, r)) for r in rows)}
-    for path in ("HTTP serve", "in-process recommend()"):
+    for path, workers in (("HTTP serve", "1"), ("in-process recommend()", "–")):
         for batch in ("1", "32"):
             for clients in ("1", "8"):
-                row = cells[(path, batch, clients)]
-                assert float(row["requests/s"]) > 0 and float(row["p50 ms"]) > 0, row
+                assert (path, workers, batch, clients) in cells, sorted(cells)
+    for row in cells.values():
+        assert float(row["requests/s"]) > 0 and float(row["p50 ms"]) > 0, row
 
 
 def test_quick_mode_names_the_machine_and_the_command(quick_table):

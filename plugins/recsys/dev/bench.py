@@ -37,6 +37,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -393,23 +394,33 @@ class Server:
     """The training image's `serve` on loopback, started and always stopped."""
 
     def __init__(self, model_dir: Path, workers: int | None, log_path: Path):
-        self.port = _free_port()
+        self.port, self.workers = _free_port(), workers or 1
         self.url = f"http://127.0.0.1:{self.port}"
         command = [str(TRAIN_VENV / "bin" / "serve"), "--host", "127.0.0.1", "--port", str(self.port),
                    "--model-dir", str(model_dir)]
         if workers:
             command += ["--workers", str(workers)]
         self._log = log_path.open("w")
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        # its own process group: stopping it stops every worker process it forked
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _loaded(self) -> int:
+        """Worker processes that have logged their model as loaded."""
+        try:
+            return Path(self._log.name).read_text(errors="replace").count("model loaded")
+        except OSError:
+            return 0
 
     def wait_ready(self, timeout: float = 180.0) -> str:
+        """Until /ping answers with a model and, with several workers, every one has loaded it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BenchError(f"serve exited with {self.proc.returncode}; see {self._log.name}")
             try:
                 response = requests.get(f"{self.url}/ping", timeout=2)
-                if response.status_code == 200 and (version := response.json().get("model_version")):
+                version = response.json().get("model_version") if response.status_code == 200 else None
+                if version and (self.workers == 1 or self._loaded() >= self.workers):
                     return version
             except (requests.RequestException, ValueError):  # not listening yet, or no JSON
                 pass
@@ -417,13 +428,17 @@ class Server:
         raise BenchError(f"serve at {self.url} did not load its model within {timeout:.0f}s; see {self._log.name}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:  # the group is gone already
+                break
             try:
                 self.proc.wait(timeout=20)
+                break
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=20)
+                continue
+        self.proc.wait(timeout=20)
         self._log.close()
 
 
