@@ -114,6 +114,7 @@ def data_gate(run: dict, dataset: dict) -> dict:
     result = data_checks.evaluate(
         current, reference, reference_end,
         max_drift=settings.gate_max_drift, max_new_sku_share=settings.gate_max_new_sku_share,
+        volume_ratio=(settings.gate_min_volume_ratio, settings.gate_max_volume_ratio),
         report_dir=context.layout(settings).report_dir,
     )
     return _settle(settings, context, mlflow_run, result)

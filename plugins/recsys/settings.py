@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     top_k: Annotated[int, Field(ge=1, le=100)] = 20
     gate_max_drift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     gate_max_new_sku_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    # interactions per new day against the champion's window, as a ratio: outside it, no normal day
+    gate_min_volume_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    gate_max_volume_ratio: Annotated[float, Field(ge=1.0, le=100.0)] = 2.0
     sagemaker_role_arn: str = ""
     sagemaker_image_uri: str = ""
     sagemaker_training_instance_type: str = "ml.g5.xlarge"

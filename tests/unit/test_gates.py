@@ -55,6 +55,21 @@ def test_a_shifted_day_fails_the_gate_naming_the_check(tmp_path, reference, scen
     assert failed in result.message()
 
 
+def test_a_day_with_a_tenth_of_the_usual_traffic_fails_the_volume_check(tmp_path, reference):
+    """Shares can look normal on a partial day: the volume against the champion's days says it is not."""
+    last = _sessions(DAYS[4])
+    partial = last.sample(frac=0.1, random_state=0)
+    result = data_gate.evaluate(_window(partial), reference, DAYS[3], max_drift=1.0, max_new_sku_share=1.0,
+                                report_dir=tmp_path)
+    assert not result.passed
+    assert "Row count" in result.message() or "RowCount" in result.message(), result.message()
+    assert result.summary["volume_ratio"] < 0.2
+    normal = data_gate.evaluate(_window(last), reference, DAYS[3], max_drift=1.0, max_new_sku_share=1.0,
+                                report_dir=tmp_path)
+    assert normal.passed, normal.message()
+    assert 0.5 < normal.summary["volume_ratio"] < 2.0
+
+
 def _chain_sessions(n: int, seed: int, day: str) -> pd.DataFrame:
     """Sessions over 50 items that mostly step along a chain i -> i+1: a last-item
     transition table predicts them well, popularity does not."""

@@ -53,6 +53,7 @@ def evaluate(
     max_drift: float,
     max_new_sku_share: float,
     report_dir: Path,
+    volume_ratio: tuple[float, float] = (0.5, 2.0),
 ) -> GateResult:
     quality = [
         RowCount(tests=[gte(MIN_INTERACTIONS)]),
@@ -75,12 +76,23 @@ def evaluate(
             new_days = current_sessions[unseen]
     current = interactions(new_days, top, known)
     reference = interactions(reference_sessions, top, known)
-    checks = quality + [
+    # Volume: the new days' interactions against what the champion's days held on average.
+    # A day with a tenth of the usual traffic (a partial export, a broken tracker) is not a
+    # normal day even if its shares look normal.
+    compared_days = sorted({str(d) for d in new_days["session_date"]})
+    reference_days = max(reference_sessions["session_date"].nunique(), 1)
+    expected = len(reference) / reference_days * len(compared_days)
+    low, high = volume_ratio
+    checks = [
+        RowCount(tests=[gte(max(MIN_INTERACTIONS, low * expected)), lte(high * expected)]),
+        *quality[1:],
         ValueDrift(column="sku_bucket", method="jensenshannon", threshold=max_drift),
         MeanValue(column="is_new_sku", tests=[lte(max_new_sku_share)]),
     ]
     summary = {
-        "compared_days": sorted({str(d) for d in new_days["session_date"]}),
+        "compared_days": compared_days,
+        "expected_interactions": round(expected),
+        "volume_ratio": len(current) / expected if expected else None,
         "current_interactions": len(current),
         "reference_interactions": len(reference),
         "new_sku_share": float(current["is_new_sku"].mean()) if len(current) else None,
