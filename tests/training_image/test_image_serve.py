@@ -373,3 +373,41 @@ def test_serve_runs_several_worker_processes_on_one_port(models, tmp_path: Path)
         output = proc.communicate(timeout=60)[0]
     assert "with 2 worker(s)" in output
     assert output.count("Started server process") == 2, output[-2000:]
+
+
+# ---- property-based: whatever a client sends, the answer is a clear 2xx/4xx, never a crash ----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+_json = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+                     max_leaves=30)
+_skus = st.sampled_from(["sku-001", "sku-010", "sku-020", "unknown", ""]) | st.text(max_size=140)
+_requests = st.fixed_dictionaries(
+    {"sessions": st.lists(st.lists(_skus, max_size=210), max_size=8) | _json},
+    optional={"k": st.integers(min_value=-5, max_value=150) | _json, "extra": _json},
+)
+
+
+def _no_crash(response) -> None:
+    assert response.status_code < 500, (response.status_code, response.text[:500])
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    if response.status_code != 200:
+        assert response.json()["error"]  # says what is wrong
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=_requests)
+def test_any_request_shape_gets_an_answer_never_a_crash(client, body):
+    response = client.post("/invocations", json=body)
+    _no_crash(response)
+    if response.status_code == 200:
+        recommendations = response.json()["recommendations"]
+        assert len(recommendations) == len(body["sessions"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300) | _json.map(lambda value: json.dumps(value).encode()))
+def test_any_bytes_get_an_answer_never_a_crash(client, raw):
+    _no_crash(client.post("/invocations", content=raw, headers={"Content-Type": "application/json"}))
