@@ -594,11 +594,17 @@ def _git(*args: str) -> str:
         return ""
 
 
+# What `train` and `serve` run: the package's code and its locked runtime dependencies.
+TRAINING_CODE = ("training_image/recsys_model", "training_image/requirements-cpu.txt")
+
+
 def code_versions() -> dict[str, str]:
-    dirty = bool(_git("status", "--porcelain", "--", "training_image"))
+    def version(*paths: str) -> str:
+        dirty = bool(_git("status", "--porcelain", "--", *paths))
+        return (_git("log", "-1", "--format=%h", "--", *paths) or "unknown") + (" + uncommitted changes" if dirty else "")
+
     return {"repository": _git("rev-parse", "--short", "HEAD") or "unknown",
-            "training_image": (_git("log", "-1", "--format=%h", "--", "training_image") or "unknown")
-            + (" + uncommitted changes" if dirty else "")}
+            "training_image": version("training_image"), "training_code": version(*TRAINING_CODE)}
 
 
 def _num(value, digits: int = 3) -> str:
@@ -636,7 +642,8 @@ def render(results: Results, command: str, plan: Plan, started: dt.datetime, ela
         "",
         f"- machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}, {info['memory']} memory, {info['system']}, "
         f"Python {info['python']}; shared with other work while it ran, so timings are indicative",
-        f"- code: repository {versions['repository']}, training_image/ at {versions['training_image']}",
+        f"- code: repository {versions['repository']}, training_image/ at {versions['training_image']} "
+        f"(its code and runtime lock, {' and '.join(TRAINING_CODE)}, at {versions['training_code']})",
         f"- k = {k} (RECSYS_TOP_K), simulator seed {results.seed}, scenario steady; hyperparameters: the training "
         f"image's defaults" + "".join(f", {name}={value}" for name, value in plan.hyperparameters.items())
         + "".join(f", epochs={plan.epochs or c.epochs} for {c.preset}" for c in plan.cases
@@ -902,9 +909,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - _STARTED
-    if (now := code_versions())["training_image"] != versions["training_image"]:
-        results.notes.append(f"training_image/ changed while the benchmark ran: {versions['training_image']} at the "
-                             f"start, {now['training_image']} at the end; rerun for numbers of one version.")
+    if (now := code_versions())["training_code"] != versions["training_code"]:
+        results.notes.append(f"the training image's code changed while the benchmark ran: {versions['training_code']} "
+                             f"at the start, {now['training_code']} at the end; rerun for numbers of one version.")
         say(f"warning: {results.notes[-1]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(results, _command(argv), plan, started, elapsed, versions))
