@@ -31,7 +31,7 @@ SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "aws-secret-access-key-value",
     "AWS_SESSION_TOKEN": "aws-session-token-value",
     "SNOWFLAKE_PASSWORD": "snowflake-env-password",
-    "SNOWFLAKE_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----fake",
+    "SNOWFLAKE_PRIVATE_KEY": "snowflake-private-key-value",
     "POSTGRES_PASSWORD": "postgres-password-value",
     "MLFLOW_TRACKING_PASSWORD": "mlflow-password-value",
     "MLFLOW_TRACKING_TOKEN": "mlflow-token-value",

@@ -123,6 +123,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, directory: Path, fingerprint: dict, report: "ValidationReport", stopper):
         super().__init__()
         self.directory, self.fingerprint, self.report, self.stopper = directory, fingerprint, report, stopper
+        self._resumed: dict | None = None  # the checkpoint's state, when resume() loaded one
 
     def resume(self, network: keras.Model) -> int:
         """Load the last finished epoch of this same job, if there is one; returns it (0: none)."""
@@ -141,7 +142,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         return int(state["epoch"])
 
     def on_train_begin(self, logs=None):
-        state = getattr(self, "_resumed", None)
+        state = self._resumed
         if state:  # runs after EarlyStopping's own reset (callbacks run in order)
             self.stopper.best, self.stopper.wait = state["best"], state["wait"]
             self.stopper.best_epoch = state["best_epoch"]

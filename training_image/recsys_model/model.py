@@ -37,8 +37,9 @@ _EPS = 1e-9
 def transition_table(ids: np.ndarray, offsets: np.ndarray, vocab_size: int, width: int):
     """For every item, its ``width`` most frequent next items (ties: lower index first) with
     their counts, and how often it was followed at all. Repeats and unknown items are left out."""
-    following = np.concatenate([ids[offsets[s]:offsets[s + 1]][1:] for s in range(len(offsets) - 1)] or [[]])
-    current = np.concatenate([ids[offsets[s]:offsets[s + 1]][:-1] for s in range(len(offsets) - 1)] or [[]])
+    followed = np.ones(len(ids), dtype=bool)
+    followed[np.asarray(offsets[1:]) - 1] = False  # a session's last item is followed by nothing
+    current, following = ids[followed], ids[np.flatnonzero(followed) + 1]
     keep = (current >= FIRST_ITEM) & (following >= FIRST_ITEM) & (current != following)
     pairs = current[keep].astype(np.int64) * vocab_size + following[keep]
     unique, counts = np.unique(pairs, return_counts=True)

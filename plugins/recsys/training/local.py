@@ -95,8 +95,12 @@ class LocalTraining:
         root = job.layout.scratch(job.name)
         if root.exists():  # a retry starts from a clean layout, but resumes from the last epoch
             for child in root.iterdir():
-                if child.name != CHECKPOINTS:
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+                if child.name == CHECKPOINTS:
+                    continue
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         self._prepare(job, root)
         self._run(job, root)
         return self._collect(job, root)
