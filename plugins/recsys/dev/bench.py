@@ -20,6 +20,12 @@ the strongest baseline. Training: wall time of `train` and examples per second.
 Serving: latency of the training image's `serve` over loopback HTTP and of the same
 recommend() call in process, per request size and number of concurrent clients.
 
+`--load-only` (`make load-test`) runs the load test alone: `serve` under steady load from
+8 concurrent clients for 60 s per request size (1 and 32 sessions), with 1 and 2 uvicorn
+workers, while the model it serves is swapped as a deploy swaps it; every request is
+counted and any failed one fails the run. It rewrites only its own section of
+BENCHMARKS.md, which `make bench` keeps.
+
 k is RECSYS_TOP_K (default 20). `make bench` writes BENCHMARKS.md (several minutes
 on 2 cores); `make bench-quick` (--quick) runs a tiny preset in under a minute and
 writes its table to a temporary file. Needs the training image's environment
@@ -44,7 +50,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,19 +83,21 @@ class BenchError(RuntimeError):
 @dataclass(frozen=True)
 class Case:
     """One preset measured: its simulated window, and its epoch ceiling (None: the
-    training image's default)."""
+    training image's default). `offset` moves the window that many days later (the
+    load test's second model: the next night's retraining)."""
 
     preset: str
     days: int
     epochs: int | None = None
+    offset: int = 0
 
     @property
     def start(self) -> dt.date:
-        return FIRST_DAY
+        return FIRST_DAY + dt.timedelta(days=self.offset)
 
     @property
     def end(self) -> dt.date:
-        return FIRST_DAY + dt.timedelta(days=self.days - 1)
+        return self.start + dt.timedelta(days=self.days - 1)
 
 
 @dataclass(frozen=True)
@@ -559,6 +569,278 @@ class InProcess:
             self._stderr.close()
 
 
+# load test -------------------------------------------------------------------------
+#
+# `serve` under steady load from concurrent clients while the model it serves is swapped,
+# as a nightly deploy swaps it: two models (a window and the same window one day later,
+# i.e. the next night's retraining) sit in the local endpoint's layout, ENDPOINT/models/
+# <model_version>, and ENDPOINT/current, the symlink `serve --model-dir` watches, is
+# re-pointed from one to the other in one rename during each phase. Every request is
+# counted: answered (and by which model_version), HTTP errors, connection errors, timeouts
+# and answers of the wrong shape.
+
+LOAD_HEADING = "## Load test"
+LOAD_FULL = dict(case=Case("demo", 14), seconds=60.0)
+LOAD_QUICK = dict(case=Case("tiny", 3, 1), seconds=5.0)
+# Where in a phase the model is swapped (a share of its duration), how long the load goes
+# on once every worker serves the new model, and how long past its duration a phase may run
+# waiting for that.
+SWAP_AT = 1 / 3
+AFTER_SWAP_S = 1.0
+SWAP_GRACE_S = 120.0
+REQUEST_TIMEOUT_S = 30.0
+LOAD_FAILURE = "could not load the model"  # what serve logs when a new model fails to load
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    case: Case  # the first model's window; the second model's is one day later
+    seconds: float
+    clients: int
+    workers: tuple[int, ...]
+    batch_sizes: tuple[int, ...] = (1, 32)
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadModels:
+    endpoint: Path  # ENDPOINT/current and ENDPOINT/models/<model_version>
+    versions: tuple[str, str]
+    windows: dict[str, str]
+    items: dict[str, int]
+    prefixes: list[list[str]]  # request sessions: test-day prefixes of the later window
+
+    @property
+    def link(self) -> Path:
+        return self.endpoint / "current"
+
+    def folder(self, version: str) -> Path:
+        return self.endpoint / "models" / version
+
+
+def point_to(link: Path, target: Path) -> None:
+    """Re-point the endpoint's symlink in one rename, as the local deploy backend does
+    (recsys.endpoint.local): `serve` sees the old model directory or the new one, never none."""
+    staged = link.with_name(f".{link.name}.new")
+    staged.unlink(missing_ok=True)
+    staged.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(staged, link)
+
+
+def load_models(plan: LoadPlan, k: int, seed: int, work: Path) -> LoadModels:
+    """Train the two models the load test swaps between (side by side) and lay them out
+    as the local endpoint does, `current` pointing at the first."""
+    cases = (plan.case, replace(plan.case, offset=plan.case.offset + 1))
+    versions = tuple(f"{c.preset}-{c.end.isoformat()}" for c in cases)
+    splits = {}
+    for case, version in zip(cases, versions):
+        say(f"load test: simulating {case.start} .. {case.end} for {version} (seed {seed})")
+        splits[version] = simulate(case, seed)
+    roots = {}
+    for case, version in zip(cases, versions):
+        roots[version] = work / version / "ml"
+        hyperparameters = {"model_version": version, "top_k": str(k),
+                           **({"epochs": str(case.epochs)} if case.epochs else {}), **plan.hyperparameters}
+        prepare_job(roots[version], splits[version], hyperparameters)
+    say(f"load test: training {' and '.join(versions)} ({TRAIN_VENV.name}/bin/train, side by side)")
+    with ThreadPoolExecutor(len(versions)) as pool:
+        trained = dict(zip(versions, pool.map(lambda v: train(roots[v], f"load test: {v}"), versions)))
+    endpoint = work / "endpoint"
+    shutil.rmtree(endpoint, ignore_errors=True)
+    items = {}
+    for version in versions:
+        shutil.copytree(trained[version].model_dir, endpoint / "models" / version)
+        meta = json.loads((endpoint / "models" / version / "metadata.json").read_text())
+        items[version] = meta.get("n_items")
+    models = LoadModels(endpoint=endpoint, versions=versions,
+                        windows={v: f"{c.start} to {c.end}" for c, v in zip(cases, versions)},
+                        items=items,
+                        prefixes=serving_prefixes(evaluation.examples(splits[versions[-1]]["test"]), seed))
+    point_to(models.link, models.folder(versions[0]))
+    return models
+
+
+def invoke(session: requests.Session, url: str, body: bytes, batch: int, k: int,
+           versions: tuple[str, ...]) -> tuple[str, str | None]:
+    """One request: its outcome (OK, "HTTP <status>", "connection error", "timeout" or
+    "wrong answer") and the model_version that answered."""
+    try:
+        response = session.post(url, data=body, headers={"content-type": "application/json"},
+                                timeout=REQUEST_TIMEOUT_S)
+    except requests.Timeout:
+        return "timeout", None
+    except requests.RequestException:  # refused, reset, closed mid-answer
+        return "connection error", None
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}", None
+    try:
+        answer = response.json()
+        version, lists = answer["model_version"], answer["recommendations"]
+    except (ValueError, KeyError, TypeError):
+        return "wrong answer", None
+    if version not in versions or len(lists) != batch or not all(
+            isinstance(items, list) and 0 < len(items) <= k for items in lists):
+        return "wrong answer", version if isinstance(version, str) else None
+    return OK, version
+
+
+def load_phase(server: Server, models: LoadModels, batch: int, k: int, plan: LoadPlan, old: str, new: str,
+               log_path: Path) -> dict:
+    """`plan.clients` clients send requests of `batch` sessions back to back for
+    `plan.seconds`; at SWAP_AT of it the endpoint is re-pointed from `old` to `new`. The
+    load goes on until every worker has logged the swap and AFTER_SWAP_S more (at most
+    SWAP_GRACE_S past the phase's duration)."""
+    url = f"{server.url}/invocations"
+    bodies = [json.dumps({"sessions": sessions, "k": k}).encode()
+              for sessions in request_batches(models.prefixes, batch)]
+    versions = (old, new)
+    swap_line = f"model swap: {old} -> {new} "
+    text = log_path.read_text(errors="replace")
+    swaps_before, load_failures_before = text.count(swap_line), text.count(LOAD_FAILURE)
+    records: list[tuple[float, float, str, str | None]] = []  # start s, latency ms, outcome, version
+    lock, stop = threading.Lock(), threading.Event()
+    clock = {}
+    barrier = threading.Barrier(plan.clients + 1, action=lambda: clock.setdefault("start", time.perf_counter()))
+
+    def client(number: int) -> None:
+        session, mine, index = requests.Session(), [], number
+        try:
+            barrier.wait()
+            start = clock["start"]
+            while not stop.is_set():
+                body = bodies[index % len(bodies)]
+                index += plan.clients
+                began = time.perf_counter()
+                try:
+                    outcome, version = invoke(session, url, body, batch, k, versions)
+                except Exception as exc:  # counted like any other failed request
+                    outcome, version = f"client error: {type(exc).__name__}", None
+                mine.append((began - start, (time.perf_counter() - began) * 1000, outcome, version))
+                if outcome != OK and not outcome.startswith("HTTP"):  # a fresh connection for the next request
+                    session.close()
+                    session = requests.Session()
+        finally:
+            session.close()
+            with lock:
+                records.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(plan.clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = clock["start"]
+    deadline, swap_at = start + plan.seconds, start + plan.seconds * SWAP_AT
+    time.sleep(max(0.0, swap_at - time.perf_counter()))
+    point_to(models.link, models.folder(new))
+    swapped = time.perf_counter()
+    done = failed_load = None
+    while True:
+        now = time.perf_counter()
+        if done is None:
+            text = log_path.read_text(errors="replace")
+            if text.count(swap_line) - swaps_before >= server.workers:
+                done = now
+            elif failed_load is None and text.count(LOAD_FAILURE) > load_failures_before:
+                failed_load = now
+        if (done is not None and now >= max(deadline, done + AFTER_SWAP_S)) or now >= deadline + SWAP_GRACE_S \
+                or (failed_load is not None and now >= deadline):
+            break
+        time.sleep(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join(REQUEST_TIMEOUT_S + 30)
+    if any(thread.is_alive() for thread in threads):
+        raise BenchError(f"load test: a client did not finish within {REQUEST_TIMEOUT_S + 30:.0f}s of the phase's end")
+
+    records.sort()
+    outcomes = Counter(outcome for _, _, outcome, _ in records)
+    answered = Counter(version for _, _, outcome, version in records if outcome == OK)
+    ok_latencies = [latency for _, latency, outcome, _ in records if outcome == OK]
+    elapsed = max((began + latency / 1000 for began, latency, _, _ in records), default=0.0)
+    swap_s, done_s = swapped - start, (done - start) if done is not None else None
+    during = [latency for began, latency, outcome, _ in records
+              if outcome == OK and swap_s <= began <= (done_s if done_s is not None else elapsed)]
+    new_starts = [began for began, _, outcome, version in records if outcome == OK and version == new]
+    old_ends = [began + latency / 1000 for began, latency, outcome, version in records
+                if outcome == OK and version == old]
+    values = np.asarray(ok_latencies, dtype=float)
+    row = {
+        "workers": server.workers, "batch": batch, "clients": plan.clients, "seconds": elapsed,
+        "old": old, "new": new, "requests": len(records), "ok": outcomes.get(OK, 0),
+        "errors": len(records) - outcomes.get(OK, 0),
+        "error_kinds": {kind: n for kind, n in sorted(outcomes.items()) if kind != OK},
+        "answered": {version: answered.get(version, 0) for version in versions},
+        "p50_ms": float(np.percentile(values, 50)) if len(values) else float("nan"),
+        "p99_ms": float(np.percentile(values, 99)) if len(values) else float("nan"),
+        "max_ms": float(values.max()) if len(values) else float("nan"),
+        "requests_per_s": len(records) / elapsed if elapsed > 0 else float("nan"),
+        "sessions_per_s": outcomes.get(OK, 0) * batch / elapsed if elapsed > 0 else float("nan"),
+        "swap_at_s": swap_s,
+        # the new model's first answer (by the request's start) and the old one's last
+        # (by its end), from the re-pointing
+        "first_new_s": min(new_starts) - swap_s if new_starts else None,
+        "last_old_s": max(old_ends) - swap_s if old_ends else None,
+        "swap_done_s": done_s - swap_s if done_s is not None else None,  # every worker logged the swap
+        "p99_during_swap_ms": float(np.percentile(during, 99)) if during else float("nan"),
+        "requests_during_swap": len(during),
+    }
+    problems = []
+    if row["errors"]:
+        problems.append(f"{row['errors']} of {row['requests']} requests failed ("
+                        + ", ".join(f"{kind}: {n}" for kind, n in row["error_kinds"].items()) + ")")
+    if done is None:
+        problems.append(f"the swap {old} -> {new} did not complete in every worker"
+                        + (" (the new model failed to load; see the serve log)" if failed_load else ""))
+    if not row["answered"][new]:
+        problems.append(f"no request was answered by {new}")
+    if not row["answered"][old]:
+        problems.append(f"no request was answered by {old} before the swap")
+    row["problems"] = problems
+    return row
+
+
+@dataclass
+class LoadResults:
+    models: LoadModels
+    phases: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(row["problems"] for row in self.phases)
+
+
+def load_test(plan: LoadPlan, k: int, seed: int, work: Path) -> LoadResults:
+    """Train the two models, then per worker count start `serve` on the endpoint's
+    symlink and run one phase per request size, each swapping to the other model."""
+    results = LoadResults(models=load_models(plan, k, seed, work))
+    models = results.models
+    for workers in plan.workers:
+        point_to(models.link, models.folder(models.versions[0]))
+        log_path = work / f"serve-load-{workers}.log"
+        server = Server(models.link, workers if workers > 1 else None, log_path)
+        try:
+            served = server.wait_ready()
+            if served != models.versions[0]:
+                raise BenchError(f"load test: serve answers {served!r}, expected {models.versions[0]!r}")
+            for batch in plan.batch_sizes:
+                old = served
+                new = models.versions[1] if old == models.versions[0] else models.versions[0]
+                say(f"load test: {workers} worker(s), {batch} session(s)/request, {plan.clients} clients, "
+                    f"{plan.seconds:g} s; swapping {old} -> {new} at {plan.seconds * SWAP_AT:.0f} s")
+                row = load_phase(server, models, batch, k, plan, old, new, log_path)
+                say(f"load test: {row['requests']} requests in {row['seconds']:.1f} s ({row['requests_per_s']:.1f}/s), "
+                    f"{row['errors']} failed, answered by {old} {row['answered'][old]} / {new} {row['answered'][new]}; "
+                    f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms; swap done after "
+                    f"{_num(row['swap_done_s'], 1)} s" + "".join(f"; PROBLEM: {p}" for p in row["problems"]))
+                results.phases.append(row)
+                served = new
+        finally:
+            server.stop()
+    return results
+
+
 # the report ------------------------------------------------------------------------
 
 
@@ -721,6 +1003,93 @@ def render(results: Results, command: str, plan: Plan, started: dt.datetime, ela
     return "\n".join(out) + "\n"
 
 
+def _ratio(a, b) -> str:
+    return f"×{a / b:.2f}" if a and b and math.isfinite(a) and math.isfinite(b) else "–"
+
+
+def render_load(results: LoadResults, plan: LoadPlan, command: str, k: int, seed: int, started: dt.datetime,
+                elapsed_s: float, versions: dict[str, str]) -> str:
+    """The load test's section of BENCHMARKS.md, from its heading to its end."""
+    info, models = machine(), results.models
+    first, second = models.versions
+    out = [
+        LOAD_HEADING,
+        "",
+        f"Written by {command} on {started:%Y-%m-%d %H:%M} UTC (took {elapsed_s / 60:.1f} min); this section "
+        "alone is rewritten by it, `make bench` keeps it.",
+        "",
+        f"- machine: {info['nproc']} CPUs (`nproc`), {info['cpu']}, {info['memory']} memory, {info['system']}, "
+        f"Python {info['python']}; clients and server share the CPUs, and other work ran on the machine, so "
+        "timings are indicative",
+        f"- code: repository {versions['repository']}, training_image/ at {versions['training_image']} "
+        f"(its code and runtime lock at {versions['training_code']})",
+        f"- models: `{first}` trained on {plan.case.preset} {models.windows[first]} and `{second}` on "
+        f"{models.windows[second]} (the next night's retraining), {models.items[first]} and "
+        f"{models.items[second]} items; k = {k}, simulator seed {seed}",
+        "",
+        f"The training image's `serve --model-dir ENDPOINT/current` on 127.0.0.1, the endpoint laid out as the "
+        f"local deploy lays it out (ENDPOINT/models/<model_version>, `current` a symlink). Each phase: "
+        f"{plan.clients} clients (threads, one keep-alive connection each) send requests of test-day session "
+        f"prefixes back to back for {plan.seconds:g} s; at {plan.seconds * SWAP_AT:g} s `current` is re-pointed "
+        "to the other model in one rename, as a deploy does, and `serve` loads and warms it up while answering; "
+        f"the load goes on until every worker has logged the swap and {AFTER_SWAP_S:g} s more. The first phase "
+        f"swaps {first} -> {second}, the second swaps back. Every request counts: errors are non-200 answers, "
+        f"refused or broken connections, timeouts ({REQUEST_TIMEOUT_S:g} s) and answers of the wrong shape; "
+        "latencies are those of the answered requests. New model after: from the re-pointing to the first "
+        "request the new model answered; swap done after: until every worker had logged `model swap`; p99 during "
+        "swap: requests started in between.",
+        "",
+    ]
+    out += md_table(
+        ["uvicorn workers", "sessions/request", "clients", "seconds", "requests", "errors", "answered old / new",
+         "p50 ms", "p99 ms", "max ms", "requests/s", "sessions/s", "new model after s", "swap done after s",
+         "p99 ms during swap"],
+        [[r["workers"], r["batch"], r["clients"], _num(r["seconds"], 1), r["requests"], r["errors"],
+          f"{r['answered'][r['old']]} / {r['answered'][r['new']]}", _num(r["p50_ms"], 2), _num(r["p99_ms"], 2),
+          _num(r["max_ms"], 1), _num(r["requests_per_s"], 1), _num(r["sessions_per_s"], 0),
+          _num(r["first_new_s"], 2), _num(r["swap_done_s"], 2), _num(r["p99_during_swap_ms"], 2)]
+         for r in results.phases])
+    total = sum(r["requests"] for r in results.phases)
+    failed = sum(r["errors"] for r in results.phases)
+    out += ["", f"{total} requests, {failed} failed"
+            + ("; in every phase both models answered and no request was dropped by the swap." if not results.failed
+               else "; PROBLEMS: " + "; ".join(f"{r['workers']} worker(s), {r['batch']} session(s)/request: "
+                                                + ", ".join(r["problems"]) for r in results.phases if r["problems"]))]
+    by = {(r["workers"], r["batch"]): r for r in results.phases}
+    more = sorted({w for w, _ in by if w > 1})
+    comparisons = [
+        f"{workers} workers against 1 at {batch} session(s)/request: requests/s "
+        f"{_ratio(by[workers, batch]['requests_per_s'], by[1, batch]['requests_per_s'])}, p99 "
+        f"{_ratio(by[workers, batch]['p99_ms'], by[1, batch]['p99_ms'])}"
+        for workers in more for batch in plan.batch_sizes if (workers, batch) in by and (1, batch) in by]
+    if comparisons:
+        out += ["", "; ".join(comparisons) + f" (on {info['nproc']} CPUs)."]
+    if results.notes:
+        out += ["", "Notes:", ""] + [f"- {note}" for note in results.notes]
+    return "\n".join(out) + "\n"
+
+
+def load_section(markdown: str) -> str | None:
+    """The load test's section of a BENCHMARKS.md, heading included, or None."""
+    lines = markdown.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == LOAD_HEADING]
+    if not starts:
+        return None
+    end = next((i for i in range(starts[0] + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "".join(lines[starts[0]:end]).rstrip("\n") + "\n"
+
+
+def with_load_section(markdown: str, section: str | None) -> str:
+    """`markdown` with its load test section replaced by `section` in place, or with
+    `section` appended when it has none."""
+    section = section.rstrip("\n") + "\n"
+    old = load_section(markdown)
+    if old is None:
+        return markdown.rstrip("\n") + "\n\n" + section
+    before, _, after = markdown.partition(old)
+    return before + section + ("\n" + after.lstrip("\n") if after.strip() else "")
+
+
 # the run ---------------------------------------------------------------------------
 
 
@@ -815,6 +1184,35 @@ def _parse_cases(text: str) -> tuple[Case, ...]:
     return tuple(cases)
 
 
+def _parse_case(text: str) -> Case:
+    cases = _parse_cases(text)
+    if len(cases) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one PRESET:DAYS[:EPOCHS], e.g. demo:14")
+    return cases[0]
+
+
+def _parse_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers separated by commas, e.g. 1,2")
+    return counts
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
+        return value
+    return parse
+
+
 def _parse_hp(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -850,6 +1248,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="simulator seed (default RECSYS_SIM_SEED, 7)")
     p.add_argument("--workdir", type=Path, help="keep the datasets, models and server logs here "
                                                 "(default: a temporary folder, removed at the end)")
+    load = p.add_argument_group(
+        "load test", "`serve` under steady load from concurrent clients while the model it serves is swapped, "
+                     "one phase per request size (1 and 32 sessions); fails (exit 1) if any request fails or a "
+                     "swap does not happen under load. Rewrites only the load test's section of the output "
+                     "(`make bench` keeps that section).")
+    load.add_argument("--load-only", action="store_true",
+                      help="run only the load test (no quality, training or serving cells)")
+    load.add_argument("--load-preset", type=_parse_case, metavar="PRESET:DAYS[:EPOCHS]",
+                      help=f"the first model's window; the second model trains on the same window one day later "
+                           f"(default {spell((LOAD_FULL['case'],))}; with --quick {spell((LOAD_QUICK['case'],))})")
+    load.add_argument("--load-seconds", type=_positive(float), metavar="S",
+                      help=f"duration of each phase (default {LOAD_FULL['seconds']:g}; with --quick "
+                           f"{LOAD_QUICK['seconds']:g})")
+    load.add_argument("--load-clients", type=_positive(int), default=8, metavar="N",
+                      help="concurrent clients (default 8)")
+    load.add_argument("--load-workers", type=_parse_counts, default=(1, 2), metavar="N,...",
+                      help="uvicorn worker counts to measure, one server each (default 1,2)")
     return p
 
 
@@ -860,6 +1275,8 @@ def _command(argv: list[str]) -> str:
     except ValueError:
         pass
     command = f"`{shlex.join([python, '-m', 'recsys.dev.bench', *argv])}`"
+    if os.environ.get("MAKELEVEL") and argv == ["--load-only"]:
+        return f"`make load-test` ({command})"
     if os.environ.get("MAKELEVEL") and argv in ([], ["--quick"]):
         return f"`make {'bench-quick' if argv else 'bench'}` ({command})"
     return command
@@ -868,6 +1285,8 @@ def _command(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
+    if args.load_only:
+        return load_main(args, argv)
     defaults = QUICK if args.quick else FULL
     plan = Plan(
         cases=args.presets or defaults["cases"],
@@ -914,11 +1333,72 @@ def main(argv: list[str] | None = None) -> int:
                              f"at the start, {now['training_code']} at the end; rerun for numbers of one version.")
         say(f"warning: {results.notes[-1]}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(results, _command(argv), plan, started, elapsed, versions))
+    text = render(results, _command(argv), plan, started, elapsed, versions)
+    if out.exists() and (kept := load_section(out.read_text())):  # measured by --load-only, on its own
+        text = with_load_section(text, kept)
+    out.write_text(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(_as_json(results), indent=2, default=str))
     say(f"table written to {out}")
+    return 0
+
+
+def load_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """--load-only: the load test alone; rewrites only its section of the output."""
+    defaults = LOAD_QUICK if args.quick else LOAD_FULL
+    case = args.load_preset or defaults["case"]
+    if args.epochs is not None:
+        case = replace(case, epochs=args.epochs)
+    settings = Settings.from_env()
+    k, seed = settings.top_k, settings.sim_seed if args.seed is None else args.seed
+    if not (TRAIN_VENV / "bin" / "serve").exists():
+        print(f"{TRAIN_VENV}/bin/serve is missing: run `make venvs` first", file=sys.stderr)
+        return 2
+    if args.out:
+        out = args.out
+    elif args.quick:
+        out = Path(tempfile.mkdtemp(prefix="recsys-bench-")) / "BENCHMARKS.md"
+    else:
+        out = DEFAULT_OUT
+    notes, workers = [], tuple(dict.fromkeys(args.load_workers))
+    if any(w > 1 for w in workers) and "--workers" not in serve_options():
+        workers = (1,)
+        notes.append("`serve` has no option for several uvicorn workers, so only 1 worker is measured.")
+    plan = LoadPlan(case=case, seconds=args.load_seconds or defaults["seconds"], clients=args.load_clients,
+                    workers=workers, hyperparameters=dict(args.hp))
+    started = dt.datetime.now(dt.UTC)
+    versions = code_versions()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-load-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"load test at k={k}: {case.preset} {case.days} days, {plan.clients} clients, {plan.seconds:g} s per "
+        f"phase, workers {', '.join(map(str, workers))}; work folder {work}")
+    try:
+        results = load_test(plan, k, seed, work)
+    except BenchError as exc:
+        print(f"load test failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    results.notes += notes
+    if (now := code_versions())["training_code"] != versions["training_code"]:
+        results.notes.append(f"the training image's code changed while the load test ran: "
+                             f"{versions['training_code']} at the start, {now['training_code']} at the end.")
+    section = render_load(results, plan, _command(argv), k, seed, started, time.monotonic() - _STARTED, versions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(with_load_section(out.read_text() if out.exists() else "# Benchmarks\n", section))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"k": k, "seed": seed, "versions": list(results.models.versions),
+                                         "phases": results.phases, "notes": results.notes}, indent=2, default=str))
+    say(f"load test section written to {out}")
+    if results.failed:
+        for row in results.phases:
+            for problem in row["problems"]:
+                print(f"load test failed: {row['workers']} worker(s), {row['batch']} session(s)/request: {problem}",
+                      file=sys.stderr)
+        return 1
     return 0
 
 
