@@ -20,6 +20,7 @@ from airflow.sdk import Param, chain, dag, task
 from cosmos import DbtTaskGroup
 
 from recsys import dbt_config
+from recsys.operators import TrainModelOperator
 from recsys.settings import Settings
 
 settings = Settings.from_env()
@@ -28,7 +29,9 @@ settings = Settings.from_env()
 def _close_failed_run(context):
     from recsys import pipeline
 
-    pipeline.close_failed_run(context["dag_run"].run_id)
+    ti = context.get("ti") or context.get("task_instance")
+    pipeline.close_failed_run(context["dag_run"].run_id, task_id=getattr(ti, "task_id", None),
+                              reason=str(context.get("exception") or context.get("reason") or ""))
 
 
 @dag(
@@ -48,6 +51,9 @@ def _close_failed_run(context):
         "force_deploy": Param(False, type="boolean",
                               description="Deploy even if a gate fails. Needs force_reason; recorded in MLflow."),
         "force_reason": Param("", type="string", description="Why the gates are overridden (audit trail)."),
+        "hyperparameters": Param({}, type="object",
+                                 description="This run's hyperparameters over RECSYS_HP_* (e.g. {\"epochs\": 10}); "
+                                             "logged to MLflow. training_image/README.md lists them."),
     },
     tags=["recsys", "training"],
     on_failure_callback=_close_failed_run,
@@ -67,6 +73,7 @@ def recsys_retrain():
         return pipeline.plan_window(
             dag_id=dag_run.dag_id, run_id=run_id, run_date=dag_run.logical_date or dag_run.run_after,
             window_days=params["window_days"], force_deploy=params["force_deploy"], force_reason=params["force_reason"],
+            hyperparameters=params["hyperparameters"],
         )
 
     @task
@@ -100,11 +107,6 @@ def recsys_retrain():
         from recsys import pipeline
         return pipeline.data_gate(run, dataset)
 
-    @task(execution_timeout=timedelta(hours=6))
-    def train_model(run: dict, dataset: dict) -> dict:
-        from recsys import pipeline
-        return pipeline.train_model(run, dataset)
-
     @task
     def model_gate(run: dict, dataset: dict, trained: dict) -> dict:
         from recsys import pipeline
@@ -130,7 +132,9 @@ def recsys_retrain():
     landed = ingest_raw_events(run)
     dataset = export_dataset(run)
     data_checked = data_gate(run, dataset)
-    trained = train_model(run, dataset)
+    # a SageMaker job is waited for in the triggerer (deferred), a local one in the task
+    trained = TrainModelOperator(task_id="train_model", run=run, dataset=dataset,
+                                 execution_timeout=timedelta(hours=6)).output
     model_checked = model_gate(run, dataset, trained)
     newest = newer_than_champion(run)
     deployed = update_endpoint(run, dataset, trained)

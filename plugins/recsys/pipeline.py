@@ -63,23 +63,29 @@ def wait_for_earlier_nights(ti) -> bool:
 
 
 def plan_window(*, dag_id: str, run_id: str, run_date: dt.datetime, window_days: int,
-                force_deploy: bool, force_reason: str) -> dict:
+                force_deploy: bool, force_reason: str, hyperparameters: dict | None = None) -> dict:
     """The run's data window ends the day before the run's date (its logical date, or
-    for a manual run with none, when it was triggered)."""
+    for a manual run with none, when it was triggered). ``hyperparameters`` (a trigger's)
+    override the settings' for this run; the training image checks them."""
     settings = Settings.from_env()
     if force_deploy and not force_reason.strip():
         raise ValueError("force_deploy needs a force_reason: it is recorded in MLflow for the audit trail")
+    overrides = _hyperparameter_overrides(hyperparameters)
     end = run_date.date() - dt.timedelta(days=1)
     start = end - dt.timedelta(days=window_days - 1)
     tags = {"window_start": start.isoformat(), "window_end": end.isoformat(), "scenario": settings.sim_scenario}
     if force_deploy:
         tags |= {"force_deploy": "true", "force_reason": force_reason}
         log.warning("force_deploy is set (%s): failed gates will not block this deploy", force_reason)
+    if overrides:
+        tags |= {"hyperparameter_overrides": ", ".join(f"{k}={v}" for k, v in sorted(overrides.items()))}
+        log.info("this run's hyperparameters: %s", overrides)
     mlflow_run = tracking.Run.start(settings, dag_id=dag_id, airflow_run_id=run_id, tags=tags)
     mlflow_run.log_params({"window_days": window_days, "window_start": start, "window_end": end,
                            "warehouse": settings.warehouse, "training_backend": settings.training_backend})
     context = RunContext(dag_id=dag_id, run_id=run_id, window_start=start, window_end=end,
-                         mlflow_run_id=mlflow_run.run_id, mlflow_url=mlflow_run.url, force_deploy=force_deploy)
+                         mlflow_run_id=mlflow_run.run_id, mlflow_url=mlflow_run.url, force_deploy=force_deploy,
+                         hyperparameters=overrides)
     log.info("window %s..%s (%d days), run key %s", start, end, window_days, context.key)
     return context.to_xcom()
 
@@ -120,19 +126,25 @@ def data_gate(run: dict, dataset: dict) -> dict:
     return _settle(settings, context, mlflow_run, result)
 
 
-def train_model(run: dict, dataset: dict) -> dict:
+def start_training(run: dict, dataset: dict) -> training.Started:
+    """The first half of the ``train_model`` task (``recsys.operators.TrainModelOperator``): start the run's training job (or attach to the one
+    it has). A local job has finished when this returns; a SageMaker job comes with the
+    trigger that waits for it."""
+    settings, context, _ = _open(run)
+    return training.get_backend(settings).start(_training_job(settings, context, dataset))
+
+
+def finish_training(run: dict, dataset: dict, job_name: str, event: dict | None = None) -> dict:
+    """The second half of ``train_model``: collect the finished job (``event``: what the
+    trigger that waited for it said), log it to MLflow and register the challenger."""
     settings, context, mlflow_run = _open(run)
-    champion = _comparable_champion(settings, context)
-    name = job_name(context.run_id, context.window_end.isoformat())
-    job = training.TrainingJob(
-        name=name,
-        dataset_uri=dataset["uri"],
-        layout=context.layout(settings),
-        hyperparameters=hyperparameters(name, settings.hyperparameters, settings.top_k),
-        champion_artifact_uri=champion.artifact_uri if champion else None,
-        tags={"recsys:dag_run_id": context.run_id, "recsys:model_version": name},
-    )
-    result = training.get_backend(settings).train(job)
+    job = _training_job(settings, context, dataset, champion=False)
+    backend = training.get_backend(settings)
+    if event is not None and event.get("status") == "timeout":
+        stopped = backend.stop(job.name)
+        raise training.TrainingFailed(f"training job {job_name} did not finish within its wait limit "
+                                      f"({event.get('message')}); stopped: {', '.join(stopped) or 'none running'}")
+    result = backend.collect(job, job_name)  # raises TrainingFailed with the job's failure reason
     mlflow_run.log_params({f"hp_{k}": v for k, v in job.hyperparameters.items()})
     mlflow_run.log_metrics(_flat_metrics(result.evaluation))
     mlflow_run.log_artifacts(result.output_dir, "training")
@@ -143,6 +155,20 @@ def train_model(run: dict, dataset: dict) -> dict:
     )
     return Trained(job_name=result.job_name, registry_version=version, model_artifact_uri=result.model_artifact_uri,
                    predictions_uri=result.predictions_uri, evaluation=result.evaluation).to_xcom()
+
+
+def _training_job(settings: Settings, context: RunContext, dataset: dict, *, champion: bool = True
+                  ) -> training.TrainingJob:
+    comparable = _comparable_champion(settings, context) if champion else None
+    name = job_name(context.run_id, context.window_end.isoformat())
+    return training.TrainingJob(
+        name=name,
+        dataset_uri=dataset["uri"],
+        layout=context.layout(settings),
+        hyperparameters=hyperparameters(name, settings.hyperparameters | context.hyperparameters, settings.top_k),
+        champion_artifact_uri=comparable.artifact_uri if comparable else None,
+        tags={"recsys:dag_run_id": context.run_id, "recsys:model_version": name},
+    )
 
 
 def model_gate(run: dict, dataset: dict, trained: dict) -> dict:
@@ -203,13 +229,29 @@ def promote_champion(run: dict, trained: dict) -> dict:
     return {"champion": challenger.registry_version, "model_version": challenger.model_version}
 
 
-def close_failed_run(airflow_run_id: str) -> None:
-    """On a failed DAG run, its MLflow run fails too, so none stays RUNNING."""
+def close_failed_run(airflow_run_id: str, task_id: str | None = None, reason: str | None = None) -> None:
+    """On a failed DAG run, its MLflow run fails too, so none stays RUNNING; the task that
+    failed and why (e.g. the training container's failure reason) go on it as tags."""
     settings = Settings.from_env()
     found = tracking.find_run(settings, airflow_run_id)
     if found is not None and found.info.status == "RUNNING":
-        tracking.Run(settings, found.info.run_id).end("FAILED")
+        run = tracking.Run(settings, found.info.run_id)
+        failure = {"failed_task": task_id, "failure_reason": (reason or "")[:5000]}
+        run.set_tags({name: value for name, value in failure.items() if value})
+        run.end("FAILED")
         log.info("MLflow run %s of %s marked FAILED", found.info.run_id, airflow_run_id)
+
+
+def _hyperparameter_overrides(values: dict | None) -> dict[str, str]:
+    """A trigger's hyperparameters as SageMaker passes them (names and values as strings)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"hyperparameters must be an object of name: value, not {values!r}")
+    nested = [name for name, value in values.items() if isinstance(value, (dict, list))]
+    if nested:
+        raise ValueError(f"hyperparameter(s) {', '.join(map(str, nested))} must be a single value, not a list or object")
+    return {str(name): str(value).lower() if isinstance(value, bool) else str(value) for name, value in values.items()}
 
 
 def _open(run: dict) -> tuple[Settings, RunContext, tracking.Run]:

@@ -48,6 +48,8 @@ class RunContext:
     mlflow_run_id: str
     mlflow_url: str
     force_deploy: bool = False
+    # this run's hyperparameters, over the settings' RECSYS_HP_* (a trigger's `hyperparameters`)
+    hyperparameters: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -75,13 +77,14 @@ class RunContext:
     @classmethod
     def from_xcom(cls, payload: dict) -> RunContext:
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(payload) - {"force_deploy"}
+        missing = names - set(payload) - {"force_deploy", "hyperparameters"}
         if missing:
             raise ValueError(f"run context from XCom lacks {', '.join(sorted(missing))}: {payload!r}")
         values = {name: payload[name] for name in names if name in payload}
         values["window_start"] = dt.date.fromisoformat(str(payload["window_start"]))
         values["window_end"] = dt.date.fromisoformat(str(payload["window_end"]))
         values["force_deploy"] = bool(payload.get("force_deploy", False))
+        values["hyperparameters"] = {str(k): str(v) for k, v in (payload.get("hyperparameters") or {}).items()}
         return cls(**values)
 
 

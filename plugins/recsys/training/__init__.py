@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from recsys.settings import Settings
-from recsys.training.job import TrainingBackend, TrainingFailed, TrainingJob, TrainingResult
+from recsys.training.job import Started, TrainingBackend, TrainingFailed, TrainingJob, TrainingResult
 
 
 def get_backend(settings: Settings) -> TrainingBackend:
@@ -16,4 +16,4 @@ def get_backend(settings: Settings) -> TrainingBackend:
     return LocalTraining(settings)
 
 
-__all__ = ["TrainingBackend", "TrainingFailed", "TrainingJob", "TrainingResult", "get_backend"]
+__all__ = ["Started", "TrainingBackend", "TrainingFailed", "TrainingJob", "TrainingResult", "get_backend"]

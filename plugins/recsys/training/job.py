@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from recsys.run import EVALUATION_FILE, SPLITS, RunLayout
 
@@ -42,8 +42,28 @@ class TrainingResult:
     evaluation: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Started:
+    """A job under way: its name (a retry's may differ from the job's), and the trigger to
+    wait for it with in Airflow's triggerer, or None where it has already finished (a
+    local process runs to its end inside the task)."""
+
+    job_name: str
+    trigger: Any = None
+
+
 class TrainingBackend(Protocol):
-    def train(self, job: TrainingJob) -> TrainingResult: ...
+    def start(self, job: TrainingJob) -> Started:
+        """Start the job (or attach to this run's job already under way)."""
+
+    def collect(self, job: TrainingJob, job_name: str) -> TrainingResult:
+        """The finished job's result; raises TrainingFailed, with the reason, if it failed."""
+
+    def train(self, job: TrainingJob) -> TrainingResult:
+        """Start the job, wait for it here, and collect it."""
+
+    def stop(self, job_name: str) -> list[str]:
+        """Stop this run's attempts of the job still running; returns their names."""
 
 
 def job_name(run_id: str, window_end: str) -> str:

@@ -24,6 +24,7 @@ from recsys.storage import download, pack, path_from_uri, upload
 from recsys.training.job import (
     CHAMPION_CHANNEL,
     CHANNELS,
+    Started,
     TrainingFailed,
     TrainingJob,
     TrainingResult,
@@ -92,6 +93,14 @@ class LocalTraining:
         self.settings = settings
 
     def train(self, job: TrainingJob) -> TrainingResult:
+        return self.collect(job, self.start(job).job_name)
+
+    def stop(self, job_name: str) -> list[str]:
+        """Nothing to stop: the process ends with the task that runs it (see ``_run``)."""
+        return []
+
+    def start(self, job: TrainingJob) -> Started:
+        """Run the job to its end as a local process: nothing is left to wait for."""
         root = job.layout.scratch(job.name)
         if root.exists():  # a retry starts from a clean layout, but resumes from the last epoch
             for child in root.iterdir():
@@ -103,7 +112,7 @@ class LocalTraining:
                     child.unlink()
         self._prepare(job, root)
         self._run(job, root)
-        return self._collect(job, root)
+        return Started(job.name)
 
     def _prepare(self, job: TrainingJob, root: Path) -> None:
         config = root / "input" / "config"
@@ -146,13 +155,15 @@ class LocalTraining:
             reason = failure.read_text().strip() if failure.exists() else "no failure reason written"
             raise TrainingFailed(f"training job {job.name} failed (exit {proc.returncode}): {reason}")
 
-    def _collect(self, job: TrainingJob, root: Path) -> TrainingResult:
+    def collect(self, job: TrainingJob, job_name: str) -> TrainingResult:
+        """Pack the model as SageMaker would and copy it and the outputs to the store."""
+        root = job.layout.scratch(job_name)
         layout = job.layout
         archive = pack(root / "model", root / "model.tar.gz")
-        model_uri = layout.model_artifact(job.name)
+        model_uri = layout.model_artifact(job_name)
         upload(archive, path_from_uri(self.settings, model_uri))
         output_dir = root / "output" / "data"
         for item in output_dir.iterdir():
-            upload(item, path_from_uri(self.settings, layout.output(job.name, item.name)))
+            upload(item, path_from_uri(self.settings, layout.output(job_name, item.name)))
         log.info("model artifact: %s", model_uri)
-        return TrainingResult(job.name, model_uri, layout.predictions(job.name), output_dir, read_evaluation(output_dir))
+        return TrainingResult(job_name, model_uri, layout.predictions(job_name), output_dir, read_evaluation(output_dir))

@@ -18,11 +18,13 @@ from recsys.storage import download, path_from_uri, unpack, upload
 from recsys.training.job import (
     CHAMPION_CHANNEL,
     CHANNELS,
+    Started,
     TrainingFailed,
     TrainingJob,
     TrainingResult,
     read_evaluation,
 )
+from recsys.training.trigger import TrainingJobTrigger
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ def _stopping_condition(settings: Settings) -> dict:
     return condition
 
 
+def _wait_limit_s(stopping: dict) -> int:
+    """How long a job can take: its run time, or for a spot job its wait for capacity too."""
+    return int(stopping.get("MaxWaitTimeInSeconds", stopping["MaxRuntimeInSeconds"]))
+
+
 def training_config(settings: Settings, job: TrainingJob) -> dict:
     sm = settings.sagemaker
     missing = [key for key in ("role_arn", "image_uri") if not sm[key]]
@@ -118,7 +125,11 @@ class SageMakerTraining:
             self._client = SageMakerHook(aws_conn_id=self.settings.aws_conn_id).get_conn()
         return self._client
 
-    def train(self, job: TrainingJob) -> TrainingResult:
+    def start(self, job: TrainingJob) -> Started:
+        """Start this run's job, or attach to the one it already has: a retry re-attaches to a
+        job still InProgress (or Stopping) and reuses a Completed one; only after a Failed or
+        Stopped one does it start ``name-rN``. Returns the job to wait for, with the trigger
+        that waits for it in Airflow's triggerer (no worker slot held for hours)."""
         config = training_config(self.settings, job)
         latest, attempts = self._latest_attempt(job.name)
         status = latest["TrainingJobStatus"] if latest else None
@@ -131,12 +142,28 @@ class SageMakerTraining:
         else:  # InProgress, Stopping or Completed: this run's job, never a second one beside it
             name = latest["TrainingJobName"]
             log.info("training job %s is already %s: attaching to it", name, status)
-        stopping = config["StoppingCondition"]  # a spot job may wait for capacity beyond its run time
+        limit_s = _wait_limit_s(config["StoppingCondition"])
+        trigger = TrainingJobTrigger(
+            job_name=name, job_type="training", waiter_delay=POLL_S,
+            waiter_max_attempts=limit_s // POLL_S + 10,  # the job's own limit, with room for start-up
+            aws_conn_id=self.settings.aws_conn_id)
+        return Started(name, trigger)
+
+    def train(self, job: TrainingJob) -> TrainingResult:
+        """Start the job and wait for it here, polling (what the deferred task does in the
+        triggerer instead); a killed or timed-out wait stops the job."""
+        started = self.start(job)
         try:
-            described = self._wait(name, int(stopping.get("MaxWaitTimeInSeconds", stopping["MaxRuntimeInSeconds"])))
+            self._wait(started.job_name, started.trigger.attempts * POLL_S)
         except BaseException:  # the task is killed or timed out: no GPU job runs on unwatched
             self.stop(job.name)
             raise
+        return self.collect(job, started.job_name)
+
+    def collect(self, job: TrainingJob, name: str) -> TrainingResult:
+        """The finished job's result; a job that did not complete raises TrainingFailed with
+        SageMaker's FailureReason (the container's /opt/ml/output/failure)."""
+        described = self.client.describe_training_job(TrainingJobName=name)
         if described["TrainingJobStatus"] != "Completed":
             raise TrainingFailed(
                 f"training job {name} {described['TrainingJobStatus']}: {described.get('FailureReason', 'no reason given')}"
@@ -164,17 +191,15 @@ class SageMakerTraining:
             stopped.append(name)
         return stopped
 
-    def _wait(self, name: str, limit_s: int) -> dict:
+    def _wait(self, name: str, limit_s: int) -> None:
         from botocore.exceptions import WaiterError
 
-        attempts = limit_s // POLL_S + 10  # the job's own limit, with room for start-up
         try:
             self.client.get_waiter("training_job_completed_or_stopped").wait(
-                TrainingJobName=name, WaiterConfig={"Delay": POLL_S, "MaxAttempts": attempts}
+                TrainingJobName=name, WaiterConfig={"Delay": POLL_S, "MaxAttempts": max(1, limit_s // POLL_S)}
             )
         except WaiterError as exc:  # a failed job ends the wait early: its FailureReason says why
             log.warning("waiting for training job %s ended: %s", name, exc)
-        return self.client.describe_training_job(TrainingJobName=name)
 
     def _collect(self, layout: RunLayout, described: dict) -> TrainingResult:
         """SageMaker packs /opt/ml/output/data into output.tar.gz: unpack it to where the
