@@ -8,7 +8,7 @@ DBT_VENV := .venv-dbt
 TRAIN_VENV := .venv-train
 MANIFEST := dbt/target/manifest.json
 
-.PHONY: help venvs test test-unit test-cloud test-container test-training demo serve bench bench-quick lock clean
+.PHONY: help venvs test test-unit test-cloud test-container test-training demo serve bench bench-quick load-test lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,8 +47,8 @@ test-unit: venvs  ## the fast tests only
 	$(TRAIN_VENV)/bin/pytest tests/training_image
 
 # the cloud boxes against local emulators (no cloud account); `make test` runs these too
-CLOUD_TESTS := tests/integration/test_dbt_snowflake.py
-test-cloud: venvs  ## the cloud half on emulators: dbt's Snowflake SQL on fakesnow's server
+CLOUD_TESTS := tests/integration/test_dbt_snowflake.py tests/cloud
+test-cloud: venvs  ## the cloud half on emulators: dbt's Snowflake SQL on fakesnow's server, SageMaker training deferred on moto's server
 	$(VENV)/bin/pytest $(CLOUD_TESTS)
 
 test-container: $(VENV)/.ok  ## the training image under SageMaker's container contract (Docker; builds recsys-model:cpu)
@@ -63,6 +63,9 @@ serve: venvs  ## serve the current champion of RECSYS_HOME on port 8081
 
 bench: venvs  ## neural model vs baselines and oracle, training and serving speed -> BENCHMARKS.md (BENCH_ARGS=--help)
 	$(VENV)/bin/python -m recsys.dev.bench $(BENCH_ARGS)
+
+load-test: venvs  ## serve under 60 s of load from 8 clients, with a model swap, 1 and 2 workers -> its BENCHMARKS.md section
+	$(VENV)/bin/python -m recsys.dev.bench --load-only $(BENCH_ARGS)
 
 bench-quick: venvs  ## the same on a tiny preset in about a minute, table in a temporary file
 	$(VENV)/bin/python -m recsys.dev.bench --quick $(BENCH_ARGS)

@@ -9,7 +9,9 @@
        alias `champion` names (checked through MLflow's REST API);
     4. create a three-night backfill with a concurrency of 3 through the API and wait for its
        runs; their work took turns in date order, and they register their models but leave the
-       champion serving (their data is older than its);
+       champion serving (their data is older than its); then a run triggered with an impossible
+       hyperparameter fails at train_model, its MLflow run is closed FAILED naming the task and
+       the container's reason, and the champion keeps serving;
     5. screenshots of the Airflow grid view and the MLflow run page (headless Chromium).
 
 Standard library only (runs on the CI host's python3). .ci/compose-e2e calls it; settings
@@ -364,6 +366,42 @@ def check_backfill_kept_champion(token: str, run_ids: list[str], champion: dict)
     log(f"the backfilled runs registered their models and left the champion {champion['model_version']} serving")
 
 
+def check_failed_training_changes_nothing(token: str, champion: dict) -> None:
+    """A run triggered with an impossible hyperparameter (epochs 0): training fails (after its
+    retry), the run fails at train_model with the container's reason, its MLflow run is closed
+    FAILED by the deployed stack naming the task and the reason, and the champion keeps serving."""
+    run = airflow_api("POST", f"/dags/{DAG_ID}/dagRuns", token, {
+        "logical_date": None, "conf": {"hyperparameters": {"epochs": 0}},
+        "note": "compose end-to-end test: a training that fails"})
+    run_id = run["dag_run_id"]
+    log(f"triggered {run_id} with hyperparameters {{epochs: 0}}")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while (state := airflow_api("GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}",
+                                token)["state"]) not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise E2EFailure(f"{run_id} did not end within {RUN_TIMEOUT_S:.0f} s\n{report_failure(token, run_id)}")
+        time.sleep(10)
+    states = {t["task_id"]: t["state"] for t in task_states(token, run_id)}
+    if state != "failed" or states.get("train_model") != "failed" or states.get("update_endpoint") == "success":
+        raise E2EFailure(f"{run_id} ended {state}, expected failed at train_model: {states}")
+    experiment = mlflow_api("experiments/get-by-name?experiment_name=recsys-retrain")["experiment"]["experiment_id"]
+    found = request("POST", f"{MLFLOW}/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [experiment], "filter": f"tags.`airflow.run_id` = '{run_id}'"}).get("runs", [])
+    if len(found) != 1:
+        raise E2EFailure(f"expected one MLflow run tagged airflow.run_id={run_id}, found {len(found)}")
+    mlflow_run = found[0]
+    tags = {t["key"]: t["value"] for t in mlflow_run["data"].get("tags", [])}
+    if mlflow_run["info"]["status"] != "FAILED" or tags.get("failed_task") != "train_model" \
+            or "epochs" not in tags.get("failure_reason", ""):
+        raise E2EFailure(f"the MLflow run of {run_id} is {mlflow_run['info']['status']} with failed_task="
+                         f"{tags.get('failed_task')!r}, failure_reason={tags.get('failure_reason')!r}")
+    now = check_endpoint_serves_champion()
+    if now["model_version"] != champion["model_version"]:
+        raise E2EFailure(f"a failed training replaced the champion {champion['model_version']} with {now['model_version']}")
+    log(f"{run_id} failed at train_model ({tags['failure_reason'][:120]}); its MLflow run is FAILED; "
+        f"the champion {champion['model_version']} still serves")
+
+
 def _after(timestamp: str | None, epoch: float) -> bool:
     return bool(timestamp) and dt.datetime.fromisoformat(timestamp).timestamp() >= epoch
 
@@ -411,6 +449,10 @@ def main() -> int:
         timings["backfill_three_nights_s"] = round(time.monotonic() - started)
         check_nights_took_turns(token, backfill_runs)
         check_backfill_kept_champion(token, backfill_runs, champion)
+
+        started = time.monotonic()
+        check_failed_training_changes_nothing(token, champion)
+        timings["failed_training_run_s"] = round(time.monotonic() - started)
 
         token = login()  # a fresh token for the browser
         take_screenshots(token, champion)
