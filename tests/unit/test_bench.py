@@ -231,7 +231,8 @@ def test_a_load_test_with_a_failed_request_exits_non_zero_and_says_so(tmp_path, 
            "errors": 1, "error_kinds": {"connection error": 1}, "answered": {"a": 5, "b": 4}, "p50_ms": 1.0,
            "p99_ms": 2.0, "max_ms": 3.0, "requests_per_s": 3.3, "sessions_per_s": 3.0, "swap_at_s": 1.0,
            "first_new_s": 0.5, "last_old_s": 0.6, "swap_done_s": 0.6, "p99_during_swap_ms": 2.0,
-           "requests_during_swap": 2, "problems": ["1 of 10 requests failed (connection error: 1)"]}
+           "requests_during_swap": 2, "load_average": 2.0,
+           "problems": ["1 of 10 requests failed (connection error: 1)"]}
     monkeypatch.setattr(bench, "load_test", lambda *args: bench.LoadResults(models=models, phases=[row]))
     out = tmp_path / "BENCHMARKS.md"
     assert bench.main(["--load-only", "--load-workers", "1", "--out", str(out)]) == 1
@@ -275,6 +276,7 @@ def test_the_load_test_counts_every_request_and_both_models_answer_each_phase(lo
         assert phase["seconds"] >= LOAD_SECONDS
         assert phase["requests_per_s"] == pytest.approx(phase["requests"] / phase["seconds"])
         assert 0 < phase["p50_ms"] <= phase["p99_ms"] <= phase["max_ms"]
+        assert phase["load_average"] > 0  # this test's own clients and server at least
 
 
 def test_the_load_test_writes_its_table_and_keeps_the_rest_of_the_file(load_run):

@@ -731,12 +731,23 @@ def load_phase(server: Server, models: LoadModels, batch: int, k: int, plan: Loa
     barrier.wait()
     start = clock["start"]
     deadline, swap_at = start + plan.seconds, start + plan.seconds * SWAP_AT
-    time.sleep(max(0.0, swap_at - time.perf_counter()))
+    loads, next_sample = [], start
+
+    def sample_load(now: float) -> None:  # how busy the machine is: other work and this test together
+        nonlocal next_sample
+        if now >= next_sample:
+            loads.append(os.getloadavg()[0])
+            next_sample += 1
+
+    while (now := time.perf_counter()) < swap_at:
+        sample_load(now)
+        time.sleep(min(0.05, max(0.0, swap_at - now)))
     point_to(models.link, models.folder(new))
     swapped = time.perf_counter()
     done = failed_load = None
     while True:
         now = time.perf_counter()
+        sample_load(now)
         if done is None:
             text = log_path.read_text(errors="replace")
             if text.count(swap_line) - swaps_before >= server.workers:
@@ -784,6 +795,7 @@ def load_phase(server: Server, models: LoadModels, batch: int, k: int, plan: Loa
         "swap_done_s": done_s - swap_s if done_s is not None else None,  # every worker logged the swap
         "p99_during_swap_ms": float(np.percentile(during, 99)) if during else float("nan"),
         "requests_during_swap": len(during),
+        "load_average": float(np.mean(loads)),
     }
     problems = []
     if row["errors"]:
@@ -1037,17 +1049,20 @@ def render_load(results: LoadResults, plan: LoadPlan, command: str, k: int, seed
         f"refused or broken connections, timeouts ({REQUEST_TIMEOUT_S:g} s) and answers of the wrong shape; "
         "latencies are those of the answered requests. New model after: from the re-pointing to the first "
         "request the new model answered; swap done after: until every worker had logged `model swap`; p99 during "
-        "swap: requests started in between.",
+        "swap: requests started in between. Machine load: the 1-minute load average, sampled every second of the "
+        f"phase (this test's own clients and server included): on {info['nproc']} CPUs, much above "
+        f"{info['nproc']} means other work competed for them and the phase's figures are slower than the server's.",
         "",
     ]
     out += md_table(
         ["uvicorn workers", "sessions/request", "clients", "seconds", "requests", "errors", "answered old / new",
          "p50 ms", "p99 ms", "max ms", "requests/s", "sessions/s", "new model after s", "swap done after s",
-         "p99 ms during swap"],
+         "p99 ms during swap", "machine load"],
         [[r["workers"], r["batch"], r["clients"], _num(r["seconds"], 1), r["requests"], r["errors"],
           f"{r['answered'][r['old']]} / {r['answered'][r['new']]}", _num(r["p50_ms"], 2), _num(r["p99_ms"], 2),
           _num(r["max_ms"], 1), _num(r["requests_per_s"], 1), _num(r["sessions_per_s"], 0),
-          _num(r["first_new_s"], 2), _num(r["swap_done_s"], 2), _num(r["p99_during_swap_ms"], 2)]
+          _num(r["first_new_s"], 2), _num(r["swap_done_s"], 2), _num(r["p99_during_swap_ms"], 2),
+          _num(r.get("load_average"), 1)]
          for r in results.phases])
     total = sum(r["requests"] for r in results.phases)
     failed = sum(r["errors"] for r in results.phases)
