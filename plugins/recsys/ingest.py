@@ -7,6 +7,12 @@ error that names it, unless the settings say the feed is simulated (the local
 stack): then `simulate_missing_days` has the development simulator deliver it, as an
 upstream feed would. That hook is production's only way into `recsys.dev`.
 
+A landing file must have every raw column and end with a line end: a file cut off
+mid-row (a partial transfer) would otherwise parse as a shorter day with a mangled
+last row. Every day of the window is read and checked before the raw table is
+touched, so a bad file leaves the table as it was. What the rows hold (nulls,
+unknown types, duplicates, empty days) is for the dbt feed tests to judge.
+
 The development simulator imports the contract from here, so this module imports
 only pandas at load time; the store, the warehouse and the simulator are imported
 where they are used.
@@ -95,16 +101,39 @@ def read_landing_day(settings: Settings, day: dt.date) -> pd.DataFrame:
         raise LandingError(f"no landing file for {day}: expected {path}")
     with path.open("rb") as handle:
         raw = handle.read()
+    _check_not_truncated(path, raw)
     try:
         frame = pd.read_csv(io.BytesIO(raw), dtype=RAW_DTYPES, keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError) as exc:
         raise LandingError(f"landing file {path} is not a valid browsing CSV: {exc}") from exc
     missing = [c for c in RAW_COLUMNS if c not in frame.columns]
     if missing:
-        raise LandingError(f"landing file {path} lacks column(s) {', '.join(missing)}")
+        # a renamed column shows up as one missing and one unknown: name both
+        unknown = [str(c) for c in frame.columns if c not in RAW_COLUMNS]
+        raise LandingError(
+            f"landing file {path} lacks column(s) {', '.join(missing)} "
+            f"({len(missing)} of the {len(RAW_COLUMNS)} raw columns)"
+            + (f"; it has column(s) the raw schema does not name: {', '.join(unknown)}" if unknown else "")
+        )
     frame = frame[list(RAW_COLUMNS)]
     frame["event_date"] = day
     return frame
+
+
+def _check_not_truncated(path, raw: bytes) -> None:
+    """Every line of a landing file, the last one too, ends with a line end. pandas reads
+    a file cut off mid-row without complaint (the cut row's missing fields become null,
+    a cut number a smaller one), so the cut is caught here."""
+    if not raw or raw.endswith(b"\n"):
+        return
+    ended = raw.count(b"\n")  # lines that end, the header's included
+    cut = raw[raw.rfind(b"\n") + 1:]
+    complete = (f"the last complete row is row {ended - 1} (line {ended})" if ended > 1
+                else "no row is complete")
+    raise LandingError(
+        f"landing file {path} is truncated: line {ended + 1} stops without a line end after "
+        f"{len(cut)} bytes ({cut[:40].decode(errors='replace')!r}...); {complete}"
+    )
 
 
 def ingest_window(settings: Settings, start: dt.date, end: dt.date) -> dict:

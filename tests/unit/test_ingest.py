@@ -68,3 +68,30 @@ def test_a_landing_file_without_the_raw_schema_is_rejected(recsys_home, monkeypa
     monkeypatch.setenv("RECSYS_SIM_GENERATE_MISSING", "false")
     with pytest.raises(LandingError, match="lacks column.*product_action"):
         ingest_window(settings, START, START)
+
+
+LAST_ROW_CUT = r"line 5 stops without a line end after \d+ bytes .*; the last complete row is row 3 \(line 4\)"
+
+
+@pytest.mark.parametrize(
+    ("keep", "where"),
+    [
+        (lambda text: text[: text.rindex(",")], LAST_ROW_CUT),
+        # a cut inside the last field leaves every field there: only the missing line end shows it
+        (lambda text: text[:-10], LAST_ROW_CUT),
+        (lambda text: text[:20], r"line 1 stops without a line end after 20 bytes.*no row is complete"),
+    ],
+    ids=["mid-row", "inside-the-last-field", "inside-the-header"],
+)
+def test_a_truncated_landing_file_is_rejected_naming_where_it_stops(recsys_home, monkeypatch, keep, where):
+    monkeypatch.setenv("RECSYS_SIM_GENERATE_MISSING", "false")
+    settings = Settings.from_env()
+    landing = settings.home / "landing"
+    simulator.write_day(landing, START, preset="tiny")
+    path = landing / landing_name(START)
+    lines = path.read_text().splitlines(keepends=True)[:5]  # the header and four rows
+    path.write_text(keep("".join(lines)))
+    with pytest.raises(LandingError, match=f"{landing_name(START)} is truncated: {where}"):
+        ingest_window(settings, START, START)
+    path.write_text("".join(lines))  # the same rows, whole, are a day like any other
+    assert ingest_window(settings, START, START)["rows"] == 4
