@@ -37,6 +37,8 @@ FEED_TESTS = [
     "feed_url_not_null",
     "feed_event_date_not_null",
     "feed_every_window_day_has_rows",
+    "feed_product_sku_not_null",
+    "feed_product_action_not_null",
 ]
 
 
