@@ -20,7 +20,7 @@ from airflow.sdk import Param, chain, dag, task
 from cosmos import DbtTaskGroup
 
 from recsys import dbt_config
-from recsys.operators import TrainModelOperator
+from recsys.operators import TrainModelOperator, UpdateEndpointOperator
 from recsys.settings import Settings
 
 settings = Settings.from_env()
@@ -118,11 +118,6 @@ def recsys_retrain():
         return pipeline.newer_than_champion(run)
 
     @task
-    def update_endpoint(run: dict, dataset: dict, trained: dict) -> dict:
-        from recsys import pipeline
-        return pipeline.update_endpoint(run, dataset, trained)
-
-    @task
     def promote_champion(run: dict, trained: dict) -> dict:
         from recsys import pipeline
         return pipeline.promote_champion(run, trained)
@@ -132,12 +127,12 @@ def recsys_retrain():
     landed = ingest_raw_events(run)
     dataset = export_dataset(run)
     data_checked = data_gate(run, dataset)
-    # a SageMaker job is waited for in the triggerer (deferred), a local one in the task
+    # a SageMaker job or endpoint update is waited for in the triggerer (deferred), a local one in the task
     trained = TrainModelOperator(task_id="train_model", run=run, dataset=dataset,
                                  execution_timeout=timedelta(hours=6)).output
     model_checked = model_gate(run, dataset, trained)
     newest = newer_than_champion(run)
-    deployed = update_endpoint(run, dataset, trained)
+    deployed = UpdateEndpointOperator(task_id="update_endpoint", run=run, dataset=dataset, trained=trained).output
     promoted = promote_champion(run, trained)
     chain(waited, run)
     chain(landed, dbt_models, dataset, data_checked, trained, model_checked, newest, deployed, promoted)

@@ -206,17 +206,32 @@ def newer_than_champion(run: dict) -> bool:
     return False
 
 
-def update_endpoint(run: dict, dataset: dict, trained: dict) -> dict:
-    settings, context, mlflow_run = _open(run)
+def start_update_endpoint(run: dict, dataset: dict, trained: dict) -> endpoint.Rollout:
+    """The first half of the ``update_endpoint`` task (``recsys.operators.UpdateEndpointOperator``):
+    hand the endpoint the challenger. The local endpoint is done when this returns; a SageMaker
+    endpoint comes with the trigger that waits until it is InService again."""
+    settings, context, _ = _open(run)
     challenger = Trained.from_xcom(trained)
-    test = export.load_sessions(settings, dataset["uri"], splits=("test",))
-    smoke = [list(items[:-1]) for items in test["items"].head(SMOKE_SESSIONS)] + [["unknown-sku"]]
-    deployed = endpoint.get_backend(settings).deploy(
-        challenger.model_artifact_uri, challenger.model_version, smoke, settings.top_k,
+    return endpoint.get_backend(settings).start_deploy(
+        challenger.model_artifact_uri, challenger.model_version, _smoke_sessions(settings, dataset), settings.top_k,
         tags={"recsys:dag_run_id": context.run_id, "recsys:model_version": challenger.model_version},
     )
+
+
+def finish_update_endpoint(run: dict, dataset: dict, state: dict, event: dict | None = None) -> dict:
+    """The second half: check the endpoint took the model up, smoke-test it (putting the
+    previous model back if it fails), and record the deployment on the MLflow run."""
+    settings, context, mlflow_run = _open(run)
+    deployed = endpoint.get_backend(settings).finish_deploy(state, _smoke_sessions(settings, dataset),
+                                                            settings.top_k, event)
     mlflow_run.set_tags({"endpoint": deployed.endpoint, "deployed_model_version": deployed.model_version})
     return deployed.to_xcom()
+
+
+def _smoke_sessions(settings: Settings, dataset: dict) -> list[list[str]]:
+    """A few holdout sessions (without their last item) and one of an unknown SKU."""
+    test = export.load_sessions(settings, dataset["uri"], splits=("test",))
+    return [list(items[:-1]) for items in test["items"].head(SMOKE_SESSIONS)] + [["unknown-sku"]]
 
 
 def promote_champion(run: dict, trained: dict) -> dict:

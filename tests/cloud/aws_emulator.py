@@ -10,7 +10,11 @@ StopTrainingJob. Its server runs here in a thread, behind a small WSGI layer tha
   output.tar.gz uploaded where SageMaker puts them. Until that process ends the job is
   ``InProgress``; then ``Completed``, or ``Failed`` with the container's
   /opt/ml/output/failure as ``FailureReason``;
-* answers StopTrainingJob by stopping the process (the job ends ``Stopped``).
+* answers StopTrainingJob by stopping the process (the job ends ``Stopped``);
+* serves an endpoint for real: CreateEndpoint and UpdateEndpoint (which moto lacks) put
+  the endpoint config's model.tar.gz, read from the emulated S3, behind the training
+  image's own ``serve`` (hot-swapped, as the local endpoint is), and the runtime's
+  InvokeEndpoint is answered by it (a non-2xx answer is the runtime's ModelError).
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass, field
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from werkzeug.serving import make_server
@@ -62,9 +71,15 @@ class _S3Channels:
         return found
 
 
+_INVOCATIONS = re.compile(r"^/endpoints/([^/]+)/invocations$")
+
+
 class EmulatedAWS:
-    def __init__(self, train_command: str, work: Path):
+    def __init__(self, train_command: str, work: Path, serve_command: str | None = None):
         self.train_command = train_command
+        self.serve_command = serve_command
+        self._serve: subprocess.Popen | None = None
+        self._serve_url = None
         self.work = work
         self.calls: list[str] = []
         self.described: list[tuple[str, str]] = []  # (job, status) as DescribeTrainingJob answered
@@ -86,6 +101,9 @@ class EmulatedAWS:
     def __exit__(self, *exc) -> None:
         for job in self.jobs.values():
             self._kill(job)
+        if self._serve is not None:
+            self._serve.terminate()
+            self._serve.wait(timeout=30)
         self._server.shutdown()
         self._thread.join()
 
@@ -113,10 +131,19 @@ class EmulatedAWS:
                 return self._stop(request["TrainingJobName"], start_response)
             if operation == "DescribeTrainingJob":
                 return self._describe(environ, start_response, request["TrainingJobName"])
+            if operation == "UpdateEndpoint":
+                return self._update_endpoint(request, start_response)
             answer = self._forward(environ, start_response)
             if operation == "CreateTrainingJob":
                 self._start(request)
+            if operation == "CreateEndpoint":
+                self._serve_config(request["EndpointName"], request["EndpointConfigName"])
             return answer
+        invocation = _INVOCATIONS.match(environ.get("PATH_INFO", ""))
+        if invocation and environ["REQUEST_METHOD"] == "POST":
+            with self._lock:
+                self.calls.append("sagemaker-runtime:InvokeEndpoint")
+            return self._invoke(body, start_response)
         self._record_s3(environ)
         return self._forward(environ, start_response)
 
@@ -227,3 +254,70 @@ class EmulatedAWS:
         job.stopped = True
         if job.process is not None and job.process.poll() is None:
             job.process.terminate()
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def _backend(self):
+        from moto.sagemaker.models import sagemaker_backends
+
+        return sagemaker_backends[ACCOUNT][REGION]
+
+    def _serve_config(self, endpoint: str, config: str) -> None:
+        """Put the config's model behind ``serve``: unpack it beside the others, re-point
+        ``current`` in one rename, wait until /ping reports it (the local endpoint's way)."""
+        backend = self._backend()
+        model = backend._models[backend.endpoint_configs[config].production_variants[0]["ModelName"]]
+        bucket, _, key = model.primary_container["ModelDataUrl"][len("s3://"):].partition("/")
+        root = self.work / "endpoints" / endpoint
+        target = root / "models" / config
+        target.mkdir(parents=True, exist_ok=True)
+        archive = root / f"{config}.tar.gz"
+        self.client("s3").download_file(bucket, key, str(archive))
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        link = root / ".current.new"
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        link.replace(root / "current")
+        version = json.loads((target / "metadata.json").read_text())["model_version"]
+        if self._serve is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            self._serve_url = f"http://127.0.0.1:{port}"
+            self._serve = subprocess.Popen(
+                [*self.serve_command.split(), "--host", "127.0.0.1", "--port", str(port),
+                 "--model-dir", str(root / "current")],
+                stdout=open(root / "serve.log", "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self._serve_url}/ping", timeout=2) as answer:
+                    if json.load(answer).get("model_version") == version:
+                        return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"serve did not take up {version} within 120 s: see {root / 'serve.log'}")
+
+    def _update_endpoint(self, request: dict, start_response):
+        endpoint = self._backend().endpoints[request["EndpointName"]]
+        self._serve_config(request["EndpointName"], request["EndpointConfigName"])
+        endpoint.endpoint_config_name = request["EndpointConfigName"]
+        endpoint.endpoint_status = "InService"
+        body = json.dumps({"EndpointArn": endpoint.arn}).encode()
+        start_response("200 OK", [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _invoke(self, body: bytes, start_response):
+        request = urllib.request.Request(f"{self._serve_url}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                payload, status = answer.read(), "200 OK"
+        except urllib.error.HTTPError as exc:  # what the runtime API makes of a container's error
+            payload = json.dumps({"__type": "ModelError", "message": f"Received client error ({exc.code}) from "
+                                  f"primary: {exc.read()[:300]!r}"}).encode()
+            status = "424 Failed Dependency"
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        return [payload]

@@ -13,14 +13,12 @@ import asyncio
 import importlib
 import datetime as dt
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.cloud.aws_emulator import REGION, EmulatedAWS
+from tests.cloud.aws_emulator import REGION
 
-REPO = Path(__file__).resolve().parents[2]
 BUCKET = "recsys-cloud"
 ROLE = "arn:aws:iam::123456789012:role/recsys-sagemaker-training"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/recsys-model:gpu"
@@ -28,16 +26,10 @@ WINDOW_END = dt.date(2026, 3, 4)
 POLL_S = 2  # the trigger's poll interval here (60 s in production)
 
 
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    # one server for the module: Airflow keeps the S3 filesystem of a connection once made
-    with EmulatedAWS(str(REPO / ".venv-train" / "bin" / "train"), tmp_path_factory.mktemp("aws")) as emulated:
-        emulated.client("s3").create_bucket(Bucket=BUCKET)
-        yield emulated
-
-
 @pytest.fixture
-def aws(emulated, recsys_home, monkeypatch):
+def aws(emulated_aws, recsys_home, monkeypatch):
+    emulated = emulated_aws
+    emulated.client("s3").create_bucket(Bucket=BUCKET)
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
         "conn_type": "aws", "login": "testing", "password": "testing",
         "extra": {"region_name": REGION, "endpoint_url": emulated.url}}))
@@ -105,7 +97,7 @@ def _train_as_airflow_does(run: dict, dataset: dict) -> tuple[dict | Exception, 
 
         events.append(asyncio.run(first_event()))
         try:
-            return getattr(operator, deferred.method_name)({}, event=events[-1], **deferred.kwargs), events
+            return getattr(operator, deferred.method_name)({}, event=events[-1], **(deferred.kwargs or {})), events
         except Exception as exc:  # noqa: BLE001 - the test asserts on it
             return exc, events
 

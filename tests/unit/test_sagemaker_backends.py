@@ -333,3 +333,48 @@ def test_old_versions_beyond_the_newest_few_are_deleted_never_serving_or_previou
         deleted = SageMakerEndpoint(settings, sm).prune(ENDPOINT, keep={"session-recsys-v7", "session-recsys-v5"})
         stub.assert_no_pending_responses()
     assert deleted == ["session-recsys-v3", "session-recsys-v1"] * 2
+
+
+# --- the deferred path: the update_endpoint task waits in the triggerer -----------------------
+
+
+def test_the_endpoint_update_is_waited_for_by_a_trigger_then_finished(settings):
+    """start_deploy sends the update and returns what to wait with (no DescribeEndpoint poll in
+    the task); finish_deploy, after the trigger's event, checks, smoke-tests, tags and prunes."""
+    sm, runtime = _client("sagemaker"), _client("sagemaker-runtime")
+    backend = SageMakerEndpoint(settings, sm, runtime)
+    with Stubber(sm) as stub_sm, Stubber(runtime) as stub_rt:
+        _stub_resources(stub_sm)
+        _describe(stub_sm, OLD)
+        stub_sm.add_response("update_endpoint", {"EndpointArn": ENDPOINT_ARN},
+                             {"EndpointName": ENDPOINT, "EndpointConfigName": NEW, "DeploymentConfig": BLUE_GREEN})
+        rollout = backend.start_deploy("s3://b/m.tar.gz", "v2", [["a"]], 3, tags=RUN_TAGS)
+        stub_sm.assert_no_pending_responses()
+
+        classpath, kwargs = rollout.trigger.serialize()
+        assert classpath.endswith("SageMakerTrigger")
+        assert (kwargs["job_name"], kwargs["job_type"]) == (ENDPOINT, "endpoint")
+        assert kwargs["waiter_delay"] * kwargs["waiter_max_attempts"] >= BAKE_S  # outlasts the blue/green bake
+        assert json.loads(json.dumps(rollout.state)) == rollout.state  # travels through the deferral
+
+        _describe(stub_sm, NEW)  # which config the endpoint carries now
+        _stub_smoke(stub_rt)
+        stub_sm.add_response("add_tags", {"Tags": TAGS}, {"ResourceArn": ENDPOINT_ARN, "Tags": TAGS})
+        _stub_prune(stub_sm)
+        result = backend.finish_deploy(rollout.state, [["a"]], 3, {"status": "success", "job_name": ENDPOINT})
+        stub_sm.assert_no_pending_responses()
+        stub_rt.assert_no_pending_responses()
+    assert result == Deployment(endpoint=ENDPOINT, model_version="v2", previous=OLD)
+
+
+def test_an_endpoint_that_failed_while_the_trigger_waited_fails_the_deploy_with_its_reason(settings):
+    sm = _client("sagemaker")
+    state = {"endpoint": ENDPOINT, "config": NEW, "previous": None, "model_version": "v2",
+             "endpoint_arn": None, "tags": TAGS}
+    with Stubber(sm) as stub_sm:
+        failed = {**_endpoint(NEW, "Failed"), "FailureReason": "The primary container did not pass the ping health check"}
+        stub_sm.add_response("describe_endpoint", failed, {"EndpointName": ENDPOINT})
+        with pytest.raises(DeployFailed, match="did not come back InService.*failed.*ping health check"):
+            SageMakerEndpoint(settings, sm, _client("sagemaker-runtime")).finish_deploy(
+                state, [["a"]], 3, {"status": "failed", "message": "Endpoint Failed"})
+        stub_sm.assert_no_pending_responses()  # neither smoke-tested, tagged nor pruned

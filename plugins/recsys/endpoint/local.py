@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from recsys.endpoint import Deployment
+from recsys.endpoint import Deployment, Rollout
 from recsys.endpoint.smoke import DeployFailed, check_response
 from recsys.run import endpoint_current, endpoint_models
 from recsys.settings import Settings
@@ -66,6 +66,15 @@ class LocalEndpoint:
                                f"{Path(previous).name} serves again") from exc
         log.info("endpoint %s serves %s", self.url, model_version)
         return Deployment(self.url, model_version, previous)
+
+    def start_deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int,
+                     *, tags: dict[str, str] | None = None) -> Rollout:
+        """The whole deploy: the local endpoint takes a model up in seconds, nothing to wait out elsewhere."""
+        return Rollout(self.deploy(model_artifact_uri, model_version, smoke_sessions, k, tags=tags).to_xcom())
+
+    def finish_deploy(self, state: dict, smoke_sessions: list[list[str]], k: int,
+                      event: dict | None = None) -> Deployment:
+        return Deployment(**state)
 
     def _unpack(self, model_artifact_uri: str, model_version: str) -> Path:
         models = endpoint_models(self.root)

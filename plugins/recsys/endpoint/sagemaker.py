@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 
-from recsys.endpoint import Deployment
+from recsys.endpoint import Deployment, Rollout
 from recsys.endpoint.smoke import DeployFailed, check_response
 from recsys.settings import Settings, SettingsError
 from recsys.training.sagemaker import aws_tags
@@ -60,11 +60,22 @@ class SageMakerEndpoint:
 
     def deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int,
                *, tags: dict[str, str] | None = None) -> Deployment:
-        """Serve ``model_version``; ``tags`` (e.g. ``recsys:dag_run_id``) go on every resource
-        this creates, and on the endpoint once it serves the new model."""
+        """Serve ``model_version``, waiting for the endpoint here (the DAG's task waits for it
+        deferred instead); ``tags`` (e.g. ``recsys:dag_run_id``) go on every resource this
+        creates, and on the endpoint once it serves the new model."""
+        rollout = self.start_deploy(model_artifact_uri, model_version, smoke_sessions, k, tags=tags)
+        self._wait_in_service(rollout.state["endpoint"])
+        return self.finish_deploy(rollout.state, smoke_sessions, k)
+
+    def start_deploy(self, model_artifact_uri: str, model_version: str, smoke_sessions: list[list[str]], k: int,
+                     *, tags: dict[str, str] | None = None) -> Rollout:
+        """Steps 1 and 2: the model and endpoint config, then the endpoint created or updated.
+        Returns what finishing needs, and the trigger that waits until the endpoint is InService."""
         if not self.sm["role_arn"] or not self.settings.sagemaker_serving_image:
             raise SettingsError("the sagemaker endpoint backend needs RECSYS_SAGEMAKER_ROLE_ARN and RECSYS_SAGEMAKER_IMAGE_URI"
                                 " (or RECSYS_SAGEMAKER_SERVING_IMAGE_URI)")
+        from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+
         endpoint = self.sm["endpoint_name"]
         name = f"{endpoint}-{model_version}"[:63]
         resource_tags = aws_tags({ENDPOINT_TAG: endpoint, **(tags or {})})
@@ -79,18 +90,33 @@ class SageMakerEndpoint:
             log.info("updating endpoint %s: %s -> %s (blue/green)", endpoint, previous, name)
             self.client.update_endpoint(EndpointName=endpoint, EndpointConfigName=name,
                                         DeploymentConfig=self._deployment_config())
-        self._wait_in_service(endpoint)
+        state = {"endpoint": endpoint, "config": name, "previous": previous, "model_version": model_version,
+                 "endpoint_arn": described["EndpointArn"] if described else None, "tags": resource_tags}
+        trigger = SageMakerTrigger(job_name=endpoint, job_type="endpoint", waiter_delay=WAIT["Delay"],
+                                   waiter_max_attempts=WAIT["MaxAttempts"], aws_conn_id=self.settings.aws_conn_id)
+        return Rollout(state, trigger)
+
+    def finish_deploy(self, state: dict, smoke_sessions: list[list[str]], k: int,
+                      event: dict | None = None) -> Deployment:
+        """Steps 3 to 5, once the endpoint is InService again: it must carry the new config
+        (SageMaker's own rollback also ends InService), pass the smoke test (or the previous
+        config goes back), then is tagged and old versions pruned."""
+        endpoint, name, previous = state["endpoint"], state["config"], state["previous"]
+        if event is not None and event.get("status") != "success":
+            described = self._describe(endpoint) or {}
+            raise DeployFailed(f"endpoint {endpoint} did not come back InService after taking {name}: "
+                               f"{event.get('status')} ({described.get('FailureReason') or event.get('message')})")
         now = self._current_config(endpoint)
         if now != name:
             raise DeployFailed(f"endpoint {endpoint} carries {now!r} after the update, not {name!r}: it rolled back")
         try:
-            self._smoke_test(endpoint, model_version, smoke_sessions, k)
+            self._smoke_test(endpoint, state["model_version"], smoke_sessions, k)
         except Exception as exc:  # DeployFailed, a ModelError from the container, a body that is not JSON
             self._roll_back(endpoint, name, previous, exc)
-        if described is not None:  # a created endpoint got its tags with CreateEndpoint
-            self.client.add_tags(ResourceArn=described["EndpointArn"], Tags=resource_tags)
+        if state["endpoint_arn"] is not None:  # a created endpoint got its tags with CreateEndpoint
+            self.client.add_tags(ResourceArn=state["endpoint_arn"], Tags=state["tags"])
         self.prune(endpoint, keep={name, previous} - {None})
-        return Deployment(endpoint, model_version, previous)
+        return Deployment(endpoint, state["model_version"], previous)
 
     # -- the endpoint --------------------------------------------------------------------
 
