@@ -194,3 +194,26 @@ def test_empty_champion_channel_means_no_champion(tmp_path: Path):
 
     with pytest.raises(TrainingError, match="holds no model"):
         locate_champion(tmp_path / "champion", tmp_path / "scratch")
+
+
+def test_mixed_precision_trains_to_the_same_quality_and_serves_from_its_model_file(tmp_path: Path, first_run: Path):
+    """precision=mixed_float16 (for a GPU's tensor cores) trains here on CPU too: the same chains
+    found as in float32, the loss finite, and the saved model loads with its precision."""
+    root = make_root(tmp_path, {"model_version": "v-mixed", **FAST_HYPERPARAMETERS, "precision": "mixed_float16"})
+    assert train_in_process(root) == 0, (root / "output" / "failure").read_text()
+    mixed = _json(root / "output" / "data" / "evaluation.json")["challenger"]
+    full = _json(first_run / "output" / "data" / "evaluation.json")["challenger"]
+    assert mixed["test_hr_at_10"] > 0.8 and abs(mixed["test_mrr_at_10"] - full["test_mrr_at_10"]) < 0.05
+    losses = [epoch["loss"] for epoch in _json(root / "output" / "data" / "history.json")["epochs"]]
+    assert all(0 < loss < 100 for loss in losses) and losses[-1] < losses[0]
+
+    import keras
+
+    network = keras.saving.load_model(root / "model" / "model.keras", compile=False)
+    assert network.precision == "mixed_float16" and network.get_layer("session_gru").compute_dtype == "float16"
+
+
+def test_an_unknown_precision_fails_naming_it(tmp_path: Path):
+    root = make_root(tmp_path, {"model_version": "v3", "precision": "float8"}, n_train=50)
+    _assert_failed(root, train_in_process(root), "precision", "float8")
+

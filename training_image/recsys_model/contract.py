@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -99,6 +99,11 @@ class Hyperparameters(BaseModel):
     min_item_count: int = Field(1, ge=1, description="train occurrences an item needs to enter the vocabulary")
     patience: int = Field(
         2, ge=0, description="epochs without validation MRR@k gain before stopping; 0 never stops early"
+    )
+    precision: Literal["float32", "mixed_float16"] = Field(
+        "float32",
+        description="mixed_float16: the embedding, GRU and catalogue softmax compute in float16 (tensor cores "
+        "on a GPU), the mixture and the loss in float32, with loss scaling",
     )
 
     @field_validator("*", mode="before")

@@ -60,13 +60,17 @@ def transition_table(ids: np.ndarray, offsets: np.ndarray, vocab_size: int, widt
 @keras.saving.register_keras_serializable(package="recsys_model")
 class SessionMixture(keras.Model):
     def __init__(self, vocab_size: int, embedding_dim: int = 64, hidden_units: int = 128, successors: int = 64,
-                 gate_units: int = 32, **kwargs):
+                 gate_units: int = 32, precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.hidden_units = vocab_size, embedding_dim, hidden_units
-        self.successors, self.gate_units = successors, gate_units
-        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="item_embedding")
-        self.gru = keras.layers.GRU(hidden_units, return_sequences=True, name="session_gru")
-        self.explore = keras.layers.Dense(vocab_size, name="explore_logits")
+        self.successors, self.gate_units, self.precision = successors, gate_units, precision
+        # the heavy layers may compute in float16 (their variables stay float32); their outputs are
+        # cast back, so the mixture's probabilities and the loss are float32 whatever the precision
+        heavy = keras.DTypePolicy(precision)
+        self.embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="item_embedding",
+                                                dtype=heavy)
+        self.gru = keras.layers.GRU(hidden_units, return_sequences=True, name="session_gru", dtype=heavy)
+        self.explore = keras.layers.Dense(vocab_size, name="explore_logits", dtype=heavy)
         self.gate_hidden = keras.layers.Dense(gate_units, activation="relu", name="source_gate_hidden")
         self.gate = keras.layers.Dense(len(SOURCES), name="source_gate")
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -93,14 +97,14 @@ class SessionMixture(keras.Model):
     def get_config(self):
         return {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
                 "hidden_units": self.hidden_units, "successors": self.successors, "gate_units": self.gate_units,
-                "name": self.name}
+                "precision": self.precision, "name": self.name}
 
     # the mixture ---------------------------------------------------------------------
 
     def _read(self, items, positions, targets=None, training=False):
         """The session state and every source's inputs at each (row, col) of ``positions``."""
         state = self.gru(self.embedding(items), mask=tf.not_equal(items, 0), training=training)
-        state = tf.gather_nd(state, positions)
+        state = tf.cast(tf.gather_nd(state, positions), tf.float32)
         last = tf.gather_nd(items, positions)
         col = positions[:, 1]
         previous = tf.where(col > 0, tf.gather_nd(items, tf.stack([positions[:, 0], tf.maximum(col - 1, 0)], 1)), -1)
@@ -127,7 +131,7 @@ class SessionMixture(keras.Model):
         """log p(target) at each position (targets must be known items)."""
         state, w, last, next_items, counts, total, session, earlier, n_earlier = self._read(
             items, positions, targets, training)
-        logits = self.explore(state)
+        logits = tf.cast(self.explore(state), tf.float32)
         p_explore = tf.exp(tf.gather(logits, targets, batch_dims=1) - tf.reduce_logsumexp(logits, axis=1))
         p_follow = tf.reduce_sum(tf.where(tf.equal(next_items, targets[:, None]), counts, 0.0), 1) / tf.maximum(total, 1.0)
         p_revisit = (tf.reduce_sum(tf.cast(earlier & tf.equal(session, targets[:, None]), tf.float32), 1)
@@ -141,7 +145,7 @@ class SessionMixture(keras.Model):
         """p(j) over the whole vocabulary after reading items[row, :col + 1], per (row, col)."""
         state, w, last, next_items, counts, total, session, earlier, n_earlier = self._read(items, positions)
         n = tf.shape(positions)[0]
-        p = w[:, EXPLORE:EXPLORE + 1] * tf.nn.softmax(self.explore(state))
+        p = w[:, EXPLORE:EXPLORE + 1] * tf.nn.softmax(tf.cast(self.explore(state), tf.float32))
         rows = tf.repeat(tf.range(n)[:, None], tf.shape(next_items)[1], axis=1)
         follow = w[:, FOLLOW:FOLLOW + 1] * counts / tf.maximum(total, 1.0)[:, None]
         p += tf.scatter_nd(tf.stack([rows, next_items], -1), follow, [n, self.vocab_size])
@@ -167,7 +171,9 @@ class SessionMixture(keras.Model):
     def train_step(self, data):
         with tf.GradientTape() as tape:
             loss = self._loss(data, training=True)
-        gradients = tape.gradient(loss, self.trainable_variables)
+            # float16 gradients underflow without it; a plain optimizer returns the loss as it is
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
@@ -182,11 +188,15 @@ class SessionMixture(keras.Model):
 
 
 def build_model(vocab_size: int, hp: Hyperparameters, transitions=None) -> SessionMixture:
-    model = SessionMixture(vocab_size, hp.embedding_dim, hp.hidden_units, hp.successors, name="session_mixture")
+    model = SessionMixture(vocab_size, hp.embedding_dim, hp.hidden_units, hp.successors, precision=hp.precision,
+                           name="session_mixture")
     model.build()
     if transitions is not None:
         model.set_transitions(*transitions)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=hp.learning_rate))
+    optimizer = keras.optimizers.Adam(learning_rate=hp.learning_rate)
+    if hp.precision == "mixed_float16":  # scales the loss up and the gradients back down, skipping overflows
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer)
     return model
 
 
