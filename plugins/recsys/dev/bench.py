@@ -1315,12 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (TRAIN_VENV / "bin" / "train").exists():
         print(f"{TRAIN_VENV}/bin/train is missing: run `make venvs` first", file=sys.stderr)
         return 2
-    if args.out:
-        out = args.out
-    elif args.quick:
-        out = Path(tempfile.mkdtemp(prefix="recsys-bench-")) / "BENCHMARKS.md"
-    else:
-        out = DEFAULT_OUT
+    out = _output_file(args)
     started = dt.datetime.now(dt.UTC)
     versions = code_versions()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-work-"))
@@ -1359,6 +1354,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _output_file(args: argparse.Namespace) -> Path:
+    """--out, else a temporary file for --quick (never the committed table), else BENCHMARKS.md."""
+    if args.out:
+        return args.out
+    if args.quick:
+        return Path(tempfile.mkdtemp(prefix="recsys-bench-")) / "BENCHMARKS.md"
+    return DEFAULT_OUT
+
+
 def load_main(args: argparse.Namespace, argv: list[str]) -> int:
     """--load-only: the load test alone; rewrites only its section of the output."""
     defaults = LOAD_QUICK if args.quick else LOAD_FULL
@@ -1370,12 +1374,7 @@ def load_main(args: argparse.Namespace, argv: list[str]) -> int:
     if not (TRAIN_VENV / "bin" / "serve").exists():
         print(f"{TRAIN_VENV}/bin/serve is missing: run `make venvs` first", file=sys.stderr)
         return 2
-    if args.out:
-        out = args.out
-    elif args.quick:
-        out = Path(tempfile.mkdtemp(prefix="recsys-bench-")) / "BENCHMARKS.md"
-    else:
-        out = DEFAULT_OUT
+    out = _output_file(args)
     notes, workers = [], tuple(dict.fromkeys(args.load_workers))
     if any(w > 1 for w in workers) and "--workers" not in serve_options():
         workers = (1,)
