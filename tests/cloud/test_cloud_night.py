@@ -18,19 +18,16 @@ matter, in order; the champion is the model the endpoint then serves.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 from unittest import mock
 
 import pytest
 
 from tests.cloud.aws_emulator import REGION
+from tests.snowflake_emulator import fakesnow_server
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "recsys-prod"
@@ -46,29 +43,6 @@ def _in_order(calls: list[str], expected: list[str]) -> list[str]:
     """The expected calls missing from ``calls`` as a subsequence (in this order)."""
     remaining = iter(calls)
     return [call for call in expected if not any(seen.startswith(call) for seen in remaining)]
-
-
-@contextlib.contextmanager
-def _fakesnow_server():
-    """fakesnow's server app on a free port, in a thread (as ``fakesnow.server()`` starts it;
-    that name is shadowed by its module once the module is imported)."""
-    import fakesnow.server
-    import uvicorn
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(fakesnow.server.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="fakesnow server", daemon=True)
-    thread.start()
-    while thread.is_alive() and not server.started:
-        time.sleep(0.1)
-    try:
-        yield {"user": "fake", "password": "snow", "account": "fakesnow", "host": "127.0.0.1", "port": port,
-               "protocol": "http"}
-    finally:
-        server.should_exit = True
-        thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +63,7 @@ def night(airflow_db, emulated_aws, tmp_path_factory):
 
     saved = pytest.MonkeyPatch()
     aws = emulated_aws
-    with _fakesnow_server() as snowflake, \
+    with fakesnow_server() as snowflake, \
             mock.patch("snowflake.connector.connect", side_effect=fakesnow.server.shared_fs.connect), \
             mock.patch("snowflake.connector.pandas_tools.write_pandas", side_effect=fakesnow.fakes.write_pandas), \
             mock.patch.object(FakeSnowflakeCursor, "execute", recording_execute):

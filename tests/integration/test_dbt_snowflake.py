@@ -164,10 +164,11 @@ def fake_snowflake(tmp_path_factory):
         pytest.fail(f"dbt not found at {settings.dbt_executable}; create .venv-dbt or set RECSYS_DBT_EXECUTABLE")
     if not _dbt_has_snowflake(settings):
         pytest.skip("dbt-snowflake is not installed in the dbt virtualenv (requirements/dbt.txt)")
-    import fakesnow
     import snowflake.connector
 
-    with fakesnow.server(host="127.0.0.1") as server, pytest.MonkeyPatch.context() as mp:
+    from tests.snowflake_emulator import fakesnow_server
+
+    with fakesnow_server() as server, pytest.MonkeyPatch.context() as mp:
         # Cosmos' Snowflake mappings read host and port from the extras (the Snowflake
         # connection form hides the connection's own host and port fields)
         mp.setenv("AIRFLOW_CONN_SNOWFLAKE_DEFAULT", _connection(
