@@ -127,9 +127,9 @@ def data_gate(run: dict, dataset: dict) -> dict:
 
 
 def start_training(run: dict, dataset: dict) -> training.Started:
-    """The first half of the ``train_model`` task (``recsys.operators.TrainModelOperator``): start the run's training job (or attach to the one
-    it has). A local job has finished when this returns; a SageMaker job comes with the
-    trigger that waits for it."""
+    """The first half of the ``train_model`` task (``recsys.operators.TrainModelOperator``):
+    start the run's training job, or attach to the one it has. A local job has finished when
+    this returns; a SageMaker job comes with the trigger that waits for it."""
     settings, context, _ = _open(run)
     return training.get_backend(settings).start(_training_job(settings, context, dataset))
 

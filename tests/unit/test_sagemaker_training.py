@@ -19,6 +19,7 @@ from recsys.run import RunContext, RunLayout
 from recsys.settings import Settings, SettingsError
 from recsys.storage import pack, path_from_uri, upload, write_parquet
 from recsys.training import TrainingFailed, TrainingJob
+from recsys.training.job import job_name
 from recsys.training.sagemaker import SageMakerTraining, training_config
 
 ROLE = "arn:aws:iam::123456789012:role/recsys-sagemaker"
@@ -288,3 +289,22 @@ def test_a_killed_task_stops_the_job_it_was_waiting_for(settings, context, monke
         with pytest.raises(_TaskKilled):
             backend.train(job)
         stub.assert_no_pending_responses()
+
+
+def test_a_wait_that_runs_out_stops_the_job_and_fails_the_task(settings, tracked_context, monkeypatch):
+    """The triggerer gave up (the job ran past its own limit and more): the resumed task stops
+    the job rather than leave a GPU running unwatched, and fails saying so."""
+    client = _client()
+    monkeypatch.setattr("recsys.training.get_backend", lambda s: SageMakerTraining(s, client))
+    run = tracked_context.to_xcom()
+    dataset = {"uri": tracked_context.layout(settings).dataset}
+    name = job_name(tracked_context.run_id, tracked_context.window_end.isoformat())
+    with Stubber(client) as stub:
+        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(name, "InProgress")]},
+                          {"NameContains": name, "MaxResults": 100})
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": name})
+        with pytest.raises(TrainingFailed, match=rf"{name} did not finish within its wait limit.*stopped: {name}"):
+            pipeline.finish_training(run, dataset, name, {"status": "timeout", "job_name": name,
+                                                          "message": "Waiter has reached max attempts"})
+        stub.assert_no_pending_responses()
+    assert tracking.client(settings).search_model_versions("name='session-recsys'") == []
