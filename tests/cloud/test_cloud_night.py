@@ -160,6 +160,7 @@ def test_the_aws_calls_of_a_night_come_in_order(night):
 
 def test_snowflake_replaces_the_window_in_one_transaction_and_dbt_builds_on_it(night):
     statements = [s.lower() for s in night["statements"]]
+    print("\n".join(night["statements"]))  # the record, for the reader of the test output
     missing = _in_order(statements, [
         "create transient table raw.browsing_events_staging_",  # ingest: a staging table of its own
         "begin",
