@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     warehouse: Annotated[Warehouse, Choice] = "duckdb"
     duckdb_path: Path = Field(default_factory=_under_home("warehouse.duckdb"))
     snowflake_conn_id: str = "snowflake_default"
+    # an external stage whose URL is store_url: the export unloads there with COPY INTO (blank: the worker writes)
+    snowflake_store_stage: str = ""
+    # an external stage whose URL is landing_url: ingest loads the days with COPY INTO from it
+    # (blank: the worker reads the files and loads them with write_pandas)
+    snowflake_landing_stage: str = ""
     raw_schema: str = "raw"
     analytics_schema: str = "analytics"
     store_url: Url = Field(default_factory=lambda data: (data["home"] / "store").as_uri())

@@ -2,7 +2,8 @@
 
 Only two operations cross this boundary: replace the raw events of some days
 (in one transaction, so a re-run never duplicates a day) and read a query into
-a DataFrame. dbt does everything in between.
+a DataFrame. dbt does everything in between. Snowflake has a third, for the
+export that stays in the warehouse: run statements and return their (small) results.
 """
 
 from __future__ import annotations
@@ -91,6 +92,48 @@ class SnowflakeWarehouse:
         inside the transaction it would commit the DELETE before the rows are in."""
         from snowflake.connector.pandas_tools import write_pandas
 
+        def load(conn, cur, staging_name: str) -> dict[dt.date, int]:
+            upper = frame.rename(columns=str.upper)
+            if len(upper):
+                write_pandas(conn, upper, staging_name, schema=self.raw_schema, auto_create_table=False)
+            return {}
+
+        self._replace(days, load)
+        return len(frame)
+
+    def copy_days(self, stage: str, days: list[dt.date]) -> dict[dt.date, int]:
+        """Load each day's landing file from ``stage`` (an external stage over the landing
+        bucket) with COPY INTO: Snowflake reads the files, the worker never holds them. Then the
+        same swap as ``replace_days``. Returns the rows loaded per day. A staging table of its
+        own also means a re-run loads its files again (COPY skips files it has loaded into a
+        table before)."""
+        from recsys.ingest import RAW_COLUMNS, landing_name
+
+        def load(conn, cur, staging_name: str) -> dict[dt.date, int]:
+            staging, loaded = f"{self.raw_schema}.{staging_name}", {}
+            for day in days:
+                # by position, as the header check found them; fields may be quoted, empty ones are null
+                cur.execute(
+                    f"copy into {staging} ({', '.join(RAW_COLUMNS)}) from @{stage} "
+                    f"files = ('{landing_name(day)}') "
+                    "file_format = (type = csv skip_header = 1 field_optionally_enclosed_by = '\"' "
+                    "empty_field_as_null = true) on_error = abort_statement")
+                results = [dict(zip([c[0].lower() for c in cur.description], row)) for row in cur.fetchall()]
+                failed = [r for r in results if str(r.get("status", "")).upper() not in ("LOADED", "")]
+                if failed:
+                    raise RuntimeError(f"COPY INTO of {landing_name(day)} from @{stage}: {failed[0].get('status')} "
+                                       f"({failed[0].get('first_error')})")
+                loaded[day] = sum(int(r.get("rows_loaded") or 0) for r in results)
+                cur.execute(f"update {staging} set event_date = %s, loaded_at = current_timestamp() "
+                            "where event_date is null", [day.isoformat()])
+            return loaded
+
+        return self._replace(days, load)
+
+    def _replace(self, days: list[dt.date], load) -> dict[dt.date, int]:
+        """``load`` fills a fresh staging table (DDL and bulk loads, outside any transaction:
+        the raw table is not touched yet), then the days are replaced with DML only, in one
+        transaction, and the staging table is dropped whatever happened."""
         table = f"{self.raw_schema}.{RAW_TABLE.upper()}"
         # one per load: nights of a backfill load side by side
         staging_name = f"{RAW_TABLE.upper()}_STAGING_{uuid.uuid4().hex[:12].upper()}"
@@ -98,14 +141,10 @@ class SnowflakeWarehouse:
         conn = self._hook().get_conn()
         cur = conn.cursor()
         try:
-            # DDL and the bulk load, outside the transaction: the raw table is not touched yet
             cur.execute(f"create schema if not exists {self.raw_schema}")
             cur.execute(RAW_DDL.format(schema=self.raw_schema, table=RAW_TABLE.upper()))
             cur.execute(f"create transient table {staging} like {table}")
-            upper = frame.rename(columns=str.upper)
-            if len(upper):
-                write_pandas(conn, upper, staging_name, schema=self.raw_schema, auto_create_table=False)
-            # the replacement: DML only, one transaction
+            loaded = load(conn, cur, staging_name)
             cur.execute("begin")
             try:
                 placeholders = ", ".join(["%s"] * len(days))
@@ -123,11 +162,25 @@ class SnowflakeWarehouse:
                 log.warning("could not drop the staging table %s: drop it by hand", staging, exc_info=True)
             finally:
                 conn.close()
-        return len(frame)
+        return loaded
 
     def query(self, sql: str) -> pd.DataFrame:
         frame = self._hook().get_pandas_df(sql)
         return frame.rename(columns=str.lower)
+
+    def execute(self, statements: list[str]) -> list[list[tuple]]:
+        """Run statements in order on one connection; each one's result rows (an aggregate,
+        or what COPY INTO answers), never a large result."""
+        conn = self._hook().get_conn()
+        try:
+            cur = conn.cursor()
+            results = []
+            for sql in statements:
+                cur.execute(sql)
+                results.append(cur.fetchall())
+            return results
+        finally:
+            conn.close()
 
 
 def get_warehouse(settings: Settings) -> Warehouse:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys.export import ExportError, export_dataset, sessions_from_events, split_of
+from recsys.export import ExportError, export_dataset, load_sessions, sessions_from_events, split_of
 from recsys.run import RunLayout
 from recsys.settings import Settings
 from recsys.storage import path_from_uri, read_json
@@ -68,3 +68,19 @@ def test_a_window_without_a_validation_day_is_refused(recsys_home, monkeypatch):
     with pytest.raises(ExportError, match="no sessions for split.*validation"):
         settings = Settings.from_env()
         export_dataset(settings, dt.date(2026, 3, 1), END, RunLayout.of(settings, "run-2"))
+
+
+def test_load_sessions_reads_items_unloaded_by_snowflake_as_json_text(recsys_home):
+    """COPY INTO ... parquet writes an ARRAY column as JSON text; a worker-written split
+    holds a list. Both read back as lists of SKUs."""
+    settings = Settings.from_env()
+    layout = RunLayout.of(settings, "run-3")
+    unloaded = pd.DataFrame({"session_id": ["s1", "s2"], "session_date": ["2026-03-05"] * 2,
+                             "items": ['[\n  "a1",\n  "a2"\n]', '["b1"]']})
+    written = pd.DataFrame({"session_id": ["s0"], "session_date": ["2026-03-04"], "items": [["c1", "c2"]]})
+    for split, frame in (("test", unloaded), ("validation", written)):
+        path = Path(RunLayout.split(layout.dataset, split).removeprefix("file://"))
+        path.parent.mkdir(parents=True)
+        frame.to_parquet(path, index=False)
+    sessions = load_sessions(settings, layout.dataset, splits=("validation", "test"))
+    assert [list(items) for items in sessions["items"]] == [["c1", "c2"], ["a1", "a2"], ["b1"]]
