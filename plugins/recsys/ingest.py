@@ -93,12 +93,17 @@ def simulate_missing_days(settings: Settings, days: list[dt.date]) -> list[dt.da
     )
 
 
-def read_landing_day(settings: Settings, day: dt.date) -> pd.DataFrame:
+def _existing_landing_file(settings: Settings, day: dt.date):
     from recsys.storage import landing_path
 
     path = landing_path(settings, landing_name(day))
     if not path.exists():
         raise LandingError(f"no landing file for {day}: expected {path}")
+    return path
+
+
+def read_landing_day(settings: Settings, day: dt.date) -> pd.DataFrame:
+    path = _existing_landing_file(settings, day)
     with path.open("rb") as handle:
         raw = handle.read()
     _check_not_truncated(path, raw)
@@ -106,18 +111,50 @@ def read_landing_day(settings: Settings, day: dt.date) -> pd.DataFrame:
         frame = pd.read_csv(io.BytesIO(raw), dtype=RAW_DTYPES, keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError) as exc:
         raise LandingError(f"landing file {path} is not a valid browsing CSV: {exc}") from exc
-    missing = [c for c in RAW_COLUMNS if c not in frame.columns]
+    _check_columns(path, [str(c) for c in frame.columns])
+    frame = frame[list(RAW_COLUMNS)]
+    frame["event_date"] = day
+    return frame
+
+
+def check_landing_day(settings: Settings, day: dt.date) -> None:
+    """What the worker checks of a landing file that Snowflake loads itself (COPY INTO, by
+    column position): it exists, its header names the raw columns in their order, and it is
+    not cut off. Reads the file's first and last few kilobytes only."""
+    path = _existing_landing_file(settings, day)
+    with path.open("rb") as handle:
+        head = handle.read(_PEEK_BYTES)
+        handle.seek(0, io.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(size - _PEEK_BYTES, 0))
+        tail = handle.read()
+    if b"\n" not in head:
+        raise LandingError(f"landing file {path} has no complete header line (it is empty or cut off)")
+    header = head.split(b"\n", 1)[0].decode(errors="replace").strip("\r")
+    columns = [name.strip().strip('"') for name in header.split(",")]
+    _check_columns(path, columns)
+    if columns != list(RAW_COLUMNS):
+        raise LandingError(f"landing file {path} has the raw columns in another order ({', '.join(columns)}): "
+                           f"loaded by position, they must come as {', '.join(RAW_COLUMNS)}")
+    if not tail.endswith(b"\n"):
+        cut = tail[tail.rfind(b"\n") + 1:]
+        raise LandingError(f"landing file {path} is truncated: its last line stops without a line end after "
+                           f"{len(cut)} bytes ({cut[:40].decode(errors='replace')!r}...)")
+
+
+_PEEK_BYTES = 64 * 1024
+
+
+def _check_columns(path, columns: list[str]) -> None:
+    missing = [c for c in RAW_COLUMNS if c not in columns]
     if missing:
         # a renamed column shows up as one missing and one unknown: name both
-        unknown = [str(c) for c in frame.columns if c not in RAW_COLUMNS]
+        unknown = [c for c in columns if c not in RAW_COLUMNS]
         raise LandingError(
             f"landing file {path} lacks column(s) {', '.join(missing)} "
             f"({len(missing)} of the {len(RAW_COLUMNS)} raw columns)"
             + (f"; it has column(s) the raw schema does not name: {', '.join(unknown)}" if unknown else "")
         )
-    frame = frame[list(RAW_COLUMNS)]
-    frame["event_date"] = day
-    return frame
 
 
 def _check_not_truncated(path, raw: bytes) -> None:
@@ -143,6 +180,8 @@ def ingest_window(settings: Settings, start: dt.date, end: dt.date) -> dict:
     days = window_days(start, end)
     for day in simulate_missing_days(settings, days):
         log.info("landing day %s was missing: simulated it (scenario %s)", day, settings.sim_scenario)
+    if settings.warehouse == "snowflake" and settings.snowflake_landing_stage:
+        return _copy_window(settings, days)
     frames = [read_landing_day(settings, day) for day in days]
     frame = pd.concat(frames, ignore_index=True)
     frame["loaded_at"] = pd.Timestamp.now(tz="UTC").tz_localize(None)
@@ -151,4 +190,20 @@ def ingest_window(settings: Settings, start: dt.date, end: dt.date) -> dict:
     for day, count in per_day.items():
         log.info("loaded %s: %d rows", day, count)
     log.info("raw events for %s..%s replaced: %d rows", start, end, rows)
+    return {"rows": rows, "rows_per_day": per_day}
+
+
+def _copy_window(settings: Settings, days: list[dt.date]) -> dict:
+    """The window's days loaded by Snowflake from RECSYS_SNOWFLAKE_LANDING_STAGE (COPY INTO),
+    each file checked first, so that a bad file stops the load before any day is replaced."""
+    from recsys.warehouse import get_warehouse
+
+    for day in days:
+        check_landing_day(settings, day)
+    loaded = get_warehouse(settings).copy_days(settings.snowflake_landing_stage, days)
+    per_day = {day.isoformat(): loaded[day] for day in days}
+    for day, count in per_day.items():
+        log.info("loaded %s: %d rows (COPY INTO from @%s)", day, count, settings.snowflake_landing_stage)
+    rows = sum(per_day.values())
+    log.info("raw events for %s..%s replaced: %d rows", days[0], days[-1], rows)
     return {"rows": rows, "rows_per_day": per_day}
