@@ -76,6 +76,25 @@ def test_missing_and_empty_channels_fail_by_name(tmp_path: Path):
         read_channel(tmp_path / "short", "short")
 
 
+def test_items_unloaded_by_snowflake_as_json_text_are_read_as_lists(tmp_path: Path):
+    """Snowflake's COPY INTO ... parquet writes an ARRAY column as JSON text."""
+    table = pa.table({
+        "session_id": ["s0", "s1", "s2", "s3"],
+        "session_date": ["2025-03-01"] * 4,
+        "items": ['[\n  "a",\n  "b",\n  "c"\n]', '["d"]', '["a", null, "b"]', '["e","a"]'],
+    })
+    _write(tmp_path / "unloaded", table)
+    sessions = read_channel(tmp_path / "unloaded", "train")
+    # the same rules as for lists: one item or a null SKU drops the session
+    assert sessions.session_ids == ["s0", "s3"]
+    assert sessions.skus.to_pylist() == ["a", "b", "c", "e", "a"]
+    assert sessions.offsets.tolist() == [0, 3, 5]
+    _write(tmp_path / "object", pa.table({"session_id": ["s0"], "session_date": ["2025-03-01"],
+                                          "items": ['{"sku": "a"}']}))
+    with pytest.raises(TrainingError, match=r"column items .* expected list<string> or a JSON array"):
+        read_channel(tmp_path / "object", "train")
+
+
 def test_schema_mismatch_names_the_column(tmp_path: Path):
     wrong_type = pa.table({"session_id": ["s0"], "session_date": ["2025-03-01"], "items": ["a,b"]})
     _write(tmp_path / "typed", wrong_type)

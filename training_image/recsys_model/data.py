@@ -2,12 +2,14 @@
 
 A channel is a folder of parquet files with one row per browsing session:
 `session_id` (string), `session_date` (string, YYYY-MM-DD) and `items`
-(list<string>: the SKUs the session interacted with, in time order).
+(list<string>: the SKUs the session interacted with, in time order; or a string
+holding a JSON array of them, as Snowflake's COPY INTO unloads an ARRAY column).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -113,15 +115,35 @@ def _read_file(path: Path, name: str) -> pa.Table:
             f"expected session_id (string), session_date (string), items (list<string>), "
             f"found {', '.join(schema.names) or 'no columns'}."
         )
+    json_items = _compatible(schema.field("items").type, pa.string())
     for field in _SCHEMA:
         actual = schema.field(field.name).type
-        if not _compatible(actual, field.type):
+        if not _compatible(actual, field.type) and not (field.name == "items" and json_items):
             raise TrainingError(
                 f"Channel '{name}': column {field.name} in {path} has type {actual}, "
                 f"expected {_EXPECTED[field.name]}."
             )
     table = pq.read_table(path, columns=_SCHEMA.names)
+    if json_items:
+        table = table.set_column(table.schema.get_field_index("items"), "items", _items_from_json(table.column("items"), path, name))
     return table.cast(_SCHEMA)
+
+
+def _items_from_json(column: pa.ChunkedArray, path: Path, name: str) -> pa.Array:
+    """Item lists written as JSON text (Snowflake unloads ARRAY columns so) as list<string>."""
+    lists = []
+    for text in column.to_pylist():
+        try:
+            items = None if text is None else json.loads(text)
+        except ValueError:
+            items = text
+        if items is not None and not (isinstance(items, list) and all(i is None or isinstance(i, str) for i in items)):
+            raise TrainingError(
+                f"Channel '{name}': column items in {path} has type string, expected list<string> "
+                f"or a JSON array of strings, found {str(text)[:80]!r}."
+            )
+        lists.append(items)
+    return pa.array(lists, type=pa.list_(pa.string()))
 
 
 def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
