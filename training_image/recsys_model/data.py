@@ -125,7 +125,8 @@ def _read_file(path: Path, name: str) -> pa.Table:
             )
     table = pq.read_table(path, columns=_SCHEMA.names)
     if json_items:
-        table = table.set_column(table.schema.get_field_index("items"), "items", _items_from_json(table.column("items"), path, name))
+        items = _items_from_json(table.column("items"), path, name)
+        table = table.set_column(table.schema.get_field_index("items"), "items", items)
     return table.cast(_SCHEMA)
 
 
