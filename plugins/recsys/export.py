@@ -112,19 +112,19 @@ def sessions_sql(settings: Settings, start: dt.date, end: dt.date) -> str:
     """One row per session of the window: session_id, session_date (YYYY-MM-DD), items
     (ARRAY of SKUs by position), split and interactions."""
     validation_day = end - dt.timedelta(days=1)
+    # a derived table, not a WITH: the query is nested again in each COPY INTO's FROM
     return (
-        "with sessions as (\n"
-        "    select session_id, min(session_date) as day,\n"
+        "select session_id, to_varchar(session_day, 'YYYY-MM-DD') as session_date, items,\n"
+        f"    case session_day when date '{end.isoformat()}' then 'test' "
+        f"when date '{validation_day.isoformat()}' then 'validation' else 'train' end as split,\n"
+        "    interactions\n"
+        "from (\n"
+        "    select session_id, min(session_date) as session_day,\n"
         "        array_agg(sku) within group (order by position) as items, count(*) as interactions\n"
         f"    from {settings.analytics_schema}.training_events\n"
         f"    where session_date between date '{start.isoformat()}' and date '{end.isoformat()}'\n"
         "    group by session_id\n"
-        ")\n"
-        "select session_id, to_varchar(day, 'YYYY-MM-DD') as session_date, items,\n"
-        f"    case day when date '{end.isoformat()}' then 'test' "
-        f"when date '{validation_day.isoformat()}' then 'validation' else 'train' end as split,\n"
-        "    interactions\n"
-        "from sessions"
+        ") as sessions"
     )
 
 
