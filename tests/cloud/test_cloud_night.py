@@ -73,6 +73,7 @@ def night(airflow_db, emulated_aws, tmp_path_factory):
             "RECSYS_STORE_URL": f"s3://{BUCKET}/nightly",
             "RECSYS_LANDING_URL": f"s3://{BUCKET}/landing",
             "RECSYS_SIM_GENERATE_MISSING": "false",
+            "RECSYS_SNOWFLAKE_LANDING_STAGE": "RAW.LANDING",
             "RECSYS_TRAINING_BACKEND": "sagemaker",
             "RECSYS_ENDPOINT_BACKEND": "sagemaker",
             "RECSYS_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/recsys-sagemaker-execution",
@@ -102,6 +103,10 @@ def night(airflow_db, emulated_aws, tmp_path_factory):
         for day in WINDOW:
             ensure_days(work / "landing", [day], preset="tiny")
             s3.upload_file(str(work / "landing" / f"browsing_{day}.csv"), BUCKET, f"landing/browsing_{day}.csv")
+        # Snowflake's external stage over the landing bucket: fakesnow reads no S3, so its stage
+        # points at the same files on disk
+        fakesnow.server.shared_fs.connect(database=DATABASE, schema="RAW").cursor().execute(
+            f"create stage if not exists RAW.LANDING url='{(work / 'landing').as_uri()}/'")
         aws.calls.clear()
 
         from airflow.dag_processing.dagbag import DagBag
@@ -130,7 +135,7 @@ def test_the_aws_calls_of_a_night_come_in_order(night):
     print("\n".join(calls))  # the record, for the reader of the test output
     runs = f"{BUCKET}/nightly/runs/{run_key(night['run'].run_id)}"
     missing = _in_order(calls, [
-        "s3:GetObject recsys-prod/landing/browsing_2026-03-06.csv",  # ingest_raw_events
+        "s3:GetObject recsys-prod/landing/browsing_2026-03-06.csv",  # ingest_raw_events: header and end
         "s3:GetObject recsys-prod/landing/browsing_2026-03-09.csv",
         f"s3:PutObject {runs}/dataset/train/sessions.parquet",
         f"s3:PutObject {runs}/dataset/manifest.json",
@@ -163,6 +168,9 @@ def test_snowflake_replaces_the_window_in_one_transaction_and_dbt_builds_on_it(n
     print("\n".join(night["statements"]))  # the record, for the reader of the test output
     missing = _in_order(statements, [
         "create transient table raw.browsing_events_staging_",  # ingest: a staging table of its own
+        "copy into raw.browsing_events_staging_",  # Snowflake reads the day from the landing stage
+        "update raw.browsing_events_staging_",  # its event_date
+        "copy into raw.browsing_events_staging_",
         "begin",
         "delete from raw.browsing_events where event_date in",
         "insert into raw.browsing_events select * from raw.browsing_events_staging_",
