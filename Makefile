@@ -47,7 +47,7 @@ test-unit: venvs  ## the fast tests only
 	$(TRAIN_VENV)/bin/pytest tests/training_image
 
 # the cloud boxes against local emulators (no cloud account); `make test` runs these too
-CLOUD_TESTS := tests/integration/test_dbt_snowflake.py tests/cloud
+CLOUD_TESTS := tests/integration/test_dbt_snowflake.py tests/unit/test_snowflake_copy.py tests/unit/test_snowflake_unload.py tests/cloud
 test-cloud: venvs  ## the cloud half on emulators: dbt's Snowflake SQL on fakesnow's server, SageMaker training deferred on moto's server
 	$(VENV)/bin/pytest $(CLOUD_TESTS)
 
