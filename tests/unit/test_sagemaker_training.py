@@ -93,6 +93,11 @@ def _described(settings, layout, name: str, status: str, reason: str | None = No
     return described
 
 
+def _train(backend: SageMakerTraining, job: TrainingJob):
+    """What train_model does around its deferral: start (or re-attach), then collect."""
+    return backend.collect(job, backend.start(job).job_name)
+
+
 def _client():
     return boto3.client("sagemaker", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
 
@@ -107,10 +112,9 @@ def test_a_sagemaker_job_feeds_the_model_gate_from_the_layout(settings, tracked_
         stub.add_response("list_training_jobs", {"TrainingJobSummaries": []}, {"NameContains": NAME, "MaxResults": 100})
         stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{NAME}"},
                           training_config(settings, job))
-        for _ in range(2):  # the waiter's poll, then the final read
-            stub.add_response("describe_training_job", _described(settings, layout, NAME, "Completed"),
-                              {"TrainingJobName": NAME})
-        result = SageMakerTraining(settings, client).train(job)
+        stub.add_response("describe_training_job", _described(settings, layout, NAME, "Completed"),
+                          {"TrainingJobName": NAME})  # read when the task resumes
+        result = _train(SageMakerTraining(settings, client), job)
         stub.assert_no_pending_responses()
 
     assert result.predictions_uri == layout.predictions(NAME)
@@ -144,10 +148,9 @@ def test_a_retry_attaches_to_the_job_still_running(settings, context, tmp_path):
                           {"NameContains": NAME, "MaxResults": 100})
         stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "InProgress"),
                           {"TrainingJobName": NAME})
-        for _ in range(2):
-            stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "Completed"),
-                              {"TrainingJobName": NAME})
-        result = SageMakerTraining(settings, client).train(job)  # no create_training_job stubbed: none may be sent
+        stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "Completed"),
+                          {"TrainingJobName": NAME})
+        result = _train(SageMakerTraining(settings, client), job)  # no create_training_job stubbed: none may be sent
         stub.assert_no_pending_responses()
     assert result.job_name == NAME
 
@@ -163,12 +166,11 @@ def test_a_failed_job_is_retried_under_a_new_name_and_its_reason_reported(settin
                           {"TrainingJobName": NAME})
         stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{retry}"},
                           training_config(settings, job) | {"TrainingJobName": retry})
-        for _ in range(2):  # the waiter stops at Failed; the final read carries the reason
-            stub.add_response("describe_training_job",
-                              _described(settings, job.layout, retry, "Failed", "AlgorithmError: epochs must be >= 1"),
-                              {"TrainingJobName": retry})
+        stub.add_response("describe_training_job",  # read when the task resumes: it carries the reason
+                          _described(settings, job.layout, retry, "Failed", "AlgorithmError: epochs must be >= 1"),
+                          {"TrainingJobName": retry})
         with pytest.raises(TrainingFailed, match=f"{retry} Failed: AlgorithmError: epochs must be >= 1"):
-            SageMakerTraining(settings, client).train(job)
+            _train(SageMakerTraining(settings, client), job)
         stub.assert_no_pending_responses()
 
 
@@ -208,11 +210,10 @@ def test_a_spot_retry_resumes_from_the_checkpoints_of_the_run(settings, context,
         stub.add_response("describe_training_job", _described(settings, job.layout, NAME, "Stopped"), {"TrainingJobName": NAME})
         stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{retry}"},
                           expected)
-        for _ in range(2):
-            stub.add_response("describe_training_job", _described(settings, job.layout, retry, "Failed", "x"),
-                              {"TrainingJobName": retry})
+        stub.add_response("describe_training_job", _described(settings, job.layout, retry, "Failed", "x"),
+                          {"TrainingJobName": retry})
         with pytest.raises(TrainingFailed):
-            SageMakerTraining(settings, client).train(job)
+            _train(SageMakerTraining(settings, client), job)
         stub.assert_no_pending_responses()
     assert expected["CheckpointConfig"]["S3Uri"].endswith(f"/training/{NAME}/checkpoints")
 
@@ -263,31 +264,6 @@ def test_stop_leaves_finished_jobs_alone_and_tolerates_one_that_just_ended(setti
                               "The request was rejected because the training job is in status Completed.",
                               expected_params={"TrainingJobName": NAME})
         assert SageMakerTraining(settings, client).stop(NAME) == []
-        stub.assert_no_pending_responses()
-
-
-class _TaskKilled(Exception):
-    """What Airflow's SIGTERM handler raises in a task being killed or timed out."""
-
-
-def test_a_killed_task_stops_the_job_it_was_waiting_for(settings, context, monkeypatch):
-    job = _job(settings, context)
-    client = _client()
-
-    def killed_while_waiting(name, limit_s):
-        raise _TaskKilled()
-
-    backend = SageMakerTraining(settings, client)
-    monkeypatch.setattr(backend, "_wait", killed_while_waiting)
-    with Stubber(client) as stub:
-        stub.add_response("list_training_jobs", {"TrainingJobSummaries": []}, {"NameContains": NAME, "MaxResults": 100})
-        stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:eu-west-1:1:training-job/{NAME}"},
-                          training_config(settings, job))
-        stub.add_response("list_training_jobs", {"TrainingJobSummaries": [_summary(NAME, "InProgress")]},
-                          {"NameContains": NAME, "MaxResults": 100})
-        stub.add_response("stop_training_job", {}, {"TrainingJobName": NAME})
-        with pytest.raises(_TaskKilled):
-            backend.train(job)
         stub.assert_no_pending_responses()
 
 

@@ -1312,8 +1312,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     settings = Settings.from_env()
     k, seed = settings.top_k, settings.sim_seed if args.seed is None else args.seed
-    if not (TRAIN_VENV / "bin" / "train").exists():
-        print(f"{TRAIN_VENV}/bin/train is missing: run `make venvs` first", file=sys.stderr)
+    if _missing_entry_point("train"):
         return 2
     out = _output_file(args)
     started = dt.datetime.now(dt.UTC)
@@ -1354,6 +1353,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _missing_entry_point(name: str) -> bool:
+    """Whether the training image's entry point is absent from its virtualenv (said on stderr)."""
+    if (TRAIN_VENV / "bin" / name).exists():
+        return False
+    print(f"{TRAIN_VENV}/bin/{name} is missing: run `make venvs` first", file=sys.stderr)
+    return True
+
+
 def _output_file(args: argparse.Namespace) -> Path:
     """--out, else a temporary file for --quick (never the committed table), else BENCHMARKS.md."""
     if args.out:
@@ -1371,8 +1378,7 @@ def load_main(args: argparse.Namespace, argv: list[str]) -> int:
         case = replace(case, epochs=args.epochs)
     settings = Settings.from_env()
     k, seed = settings.top_k, settings.sim_seed if args.seed is None else args.seed
-    if not (TRAIN_VENV / "bin" / "serve").exists():
-        print(f"{TRAIN_VENV}/bin/serve is missing: run `make venvs` first", file=sys.stderr)
+    if _missing_entry_point("serve"):
         return 2
     out = _output_file(args)
     notes, workers = [], tuple(dict.fromkeys(args.load_workers))

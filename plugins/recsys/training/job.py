@@ -59,9 +59,6 @@ class TrainingBackend(Protocol):
     def collect(self, job: TrainingJob, job_name: str) -> TrainingResult:
         """The finished job's result; raises TrainingFailed, with the reason, if it failed."""
 
-    def train(self, job: TrainingJob) -> TrainingResult:
-        """Start the job, wait for it here, and collect it."""
-
     def stop(self, job_name: str) -> list[str]:
         """Stop this run's attempts of the job still running; returns their names."""
 

@@ -92,9 +92,6 @@ class LocalTraining:
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def train(self, job: TrainingJob) -> TrainingResult:
-        return self.collect(job, self.start(job).job_name)
-
     def stop(self, job_name: str) -> list[str]:
         """Nothing to stop: the process ends with the task that runs it (see ``_run``)."""
         return []

@@ -149,17 +149,6 @@ class SageMakerTraining:
             aws_conn_id=self.settings.aws_conn_id)
         return Started(name, trigger)
 
-    def train(self, job: TrainingJob) -> TrainingResult:
-        """Start the job and wait for it here, polling (what the deferred task does in the
-        triggerer instead); a killed or timed-out wait stops the job."""
-        started = self.start(job)
-        try:
-            self._wait(started.job_name, started.trigger.attempts * POLL_S)
-        except BaseException:  # the task is killed or timed out: no GPU job runs on unwatched
-            self.stop(job.name)
-            raise
-        return self.collect(job, started.job_name)
-
     def collect(self, job: TrainingJob, name: str) -> TrainingResult:
         """The finished job's result; a job that did not complete raises TrainingFailed with
         SageMaker's FailureReason (the container's /opt/ml/output/failure)."""
@@ -190,16 +179,6 @@ class SageMakerTraining:
                 continue
             stopped.append(name)
         return stopped
-
-    def _wait(self, name: str, limit_s: int) -> None:
-        from botocore.exceptions import WaiterError
-
-        try:
-            self.client.get_waiter("training_job_completed_or_stopped").wait(
-                TrainingJobName=name, WaiterConfig={"Delay": POLL_S, "MaxAttempts": max(1, limit_s // POLL_S)}
-            )
-        except WaiterError as exc:  # a failed job ends the wait early: its FailureReason says why
-            log.warning("waiting for training job %s ended: %s", name, exc)
 
     def _collect(self, layout: RunLayout, described: dict) -> TrainingResult:
         """SageMaker packs /opt/ml/output/data into output.tar.gz: unpack it to where the
